@@ -1,0 +1,152 @@
+"""Back-office writes: ``POST /admin/{table}`` with ``{upsert: [rows], delete: [keys]}``.
+
+Generic over the tables below; each write goes through a ChangeSet, so it reaches the
+change log and every device whose scope it touches, like any device mutation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sync import devices, wire
+from sync.changes import write_changes
+from sync.errors import AuthError, BadRequest, ErrorCode
+from sync.schema import Principal, Registry, wire_type
+
+from .auth import ROLES
+from .fanout import Notice
+from .domain.tables import branches, customers, prices, products, stock, users
+from .http import authenticate, msgpack_response, read_body
+
+#: Tables the back office writes, and the columns it may set (``tenant_id`` is the caller's).
+WRITABLE: dict[str, tuple[sa.Table, tuple[str, ...]]] = {
+    "products": (products, ("id", "sku", "name", "category", "unit", "barcode", "active")),
+    "prices": (prices, ("id", "pricelist_id", "product_id", "amount", "currency", "valid_from", "valid_to")),
+    "stock": (stock, ("id", "branch_id", "product_id", "on_hand", "reserved", "negative")),
+    "customers": (customers, ("id", "name", "contact_name", "phone", "email", "address", "city", "salesperson_id",
+                              "branch_id", "pricelist_id", "credit_limit", "balance", "currency")),
+    "users": (users, ("id", "username", "name", "role", "branch_id", "month_target", "active")),
+    "branches": (branches, ("id", "name", "kind", "pricelist_id", "address")),
+}
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,), "money": (int,), "time": (int,), "str": (str,), "bool": (bool,), "float": (float, int),
+    "json": (dict, list), "bytes": (bytes,),
+}
+
+
+def check_rows(name: str, rows: Any) -> list[dict[str, Any]]:
+    """Validate rows against the table's writable columns and their wire types."""
+    table, allowed = WRITABLE[name]
+    if not isinstance(rows, list):
+        raise BadRequest("`upsert` must be an array of rows")
+    checked = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("id"), int) or isinstance(row.get("id"), bool):
+            raise BadRequest(f"row {index}: a map with an integer `id` is required")
+        unknown = sorted(set(row) - set(allowed))
+        if unknown:
+            raise BadRequest(f"row {index}: unknown or read-only column(s) {', '.join(unknown)}")
+        for col, value in row.items():
+            kind = wire_type(table.c[col])
+            if value is None:
+                if not table.c[col].nullable:
+                    raise BadRequest(f"row {index}: `{col}` may not be null")
+                continue
+            if not isinstance(value, _PY_TYPES[kind]) or (isinstance(value, bool) and kind != "bool"):
+                raise BadRequest(f"row {index}: `{col}` must be {kind}")
+            _check_fits(table.c[col], value, f"row {index}: `{col}`")
+        if name == "users" and row.get("role") not in (None, *ROLES):
+            raise BadRequest(f"row {index}: `role` is one of {', '.join(ROLES)}")
+        checked.append(row)
+    return checked
+
+
+def _check_fits(column: sa.Column, value: Any, what: str) -> None:
+    """Refuse what the column cannot hold, instead of letting PostgreSQL fail (SQLite would not)."""
+    if isinstance(column.type, sa.String) and column.type.length and len(value) > column.type.length:
+        raise BadRequest(f"{what} is longer than {column.type.length} characters")
+    if isinstance(value, int) and not isinstance(value, bool):
+        bound = 2**63 if isinstance(column.type, sa.BigInteger) else 2**31
+        if not -bound <= value < bound:
+            raise BadRequest(f"{what} is out of range")
+
+
+async def apply(db, registry: Registry, tenant_id: int, name: str,
+                upsert: Sequence[Mapping[str, Any]], delete: Sequence[Any]) -> dict[str, int]:
+    """Apply one back-office batch in one transaction (also used by ``fieldsync import``)."""
+    table, _ = WRITABLE[name]
+    try:
+        async with write_changes(db, registry, tenant_id) as changes:
+            await changes.upsert(table, list(upsert))
+            deleted = await changes.delete(table, list(delete))
+    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
+        raise BadRequest(f"the batch conflicts with existing rows (a duplicate or a row of another tenant): "
+                         f"{str(exc.orig).splitlines()[0][:200]}") from None
+    return {"upserted": len(upsert), "deleted": deleted}
+
+
+async def _admin(request: Request) -> Principal:
+    principal = await authenticate(request)
+    if principal.role != "admin":
+        raise AuthError(ErrorCode.FORBIDDEN, "the back-office API needs the admin role")
+    return principal
+
+
+async def revoke(request: Request) -> Response:
+    """Switch a device off: its live sessions close with REVOKED, its next connect is refused."""
+    return await _set_revoked(request, revoked=True)
+
+
+async def enrol(request: Request) -> Response:
+    """Re-enrol a revoked device: it may sync again, starting from a full reset."""
+    return await _set_revoked(request, revoked=False)
+
+
+async def _set_revoked(request: Request, *, revoked: bool) -> Response:
+    services = request.app.state.services
+    principal = await _admin(request)
+    client_id = request.path_params["client_id"]
+    if not await devices.set_revoked(services.db, principal.tenant_id, client_id, revoked):
+        raise BadRequest(f"no device {client_id!r} in this tenant")
+    if revoked:
+        await services.fanout.publish(Notice(principal.tenant_id, revoke_client=client_id))
+    return JSONResponse({"client_id": client_id, "revoked": revoked})
+
+
+async def write(request: Request) -> Response:
+    services = request.app.state.services
+    principal = await _admin(request)
+    name = request.path_params["table"]
+    if name not in WRITABLE:
+        raise BadRequest(f"unknown table {name!r}; writable: {', '.join(WRITABLE)}")
+    raw = await read_body(request, services.settings.max_body_bytes)
+    is_json = "json" in request.headers.get("content-type", "")
+    body = _json(raw) if is_json else wire.unpack(raw, max_size=services.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a map {upsert: [...], delete: [...]}")
+    rows = check_rows(name, body.get("upsert", []))
+    keys = body.get("delete", [])
+    if not isinstance(keys, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
+        raise BadRequest("`delete` must be an array of integer ids")
+    counts = await apply(services.db, services.registry, principal.tenant_id, name, rows, keys)
+    if name == "users":  # deactivated users lose their live sessions at once
+        for row in rows:
+            if row.get("active") is False:
+                await services.fanout.publish(Notice(principal.tenant_id, revoke_user=row["id"]))
+    if name in ("users", "branches"):  # scope parameters (a branch's pricelist) changed: wake everyone
+        await services.fanout.publish(Notice(principal.tenant_id, 0, None))
+    return JSONResponse(counts) if is_json else msgpack_response(counts)
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None

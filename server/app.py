@@ -1,0 +1,128 @@
+"""The Starlette application: wiring only. Engines and clients are built in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.routing import Route, WebSocketRoute
+
+from sync.cursor import CursorCodec
+from sync.errors import SyncError
+from sync.push import Pusher
+from sync.reader import Reader
+from sync.schema import Registry
+from sync.storage import Database
+
+from jobs.config import JobSettings
+from jobs.runner import Jobs
+
+from . import admin, device_health, http, ws
+from . import documents
+from .fanout import MemoryFanout, Notice, RedisFanout
+from .live import Hub
+from .auth import TokenService
+from .config import Settings
+from .errors import on_sync_error, on_unexpected
+from .observe import Observe, instrument_database
+
+log = logging.getLogger("fieldsync")
+
+
+@dataclass
+class Services:
+    """Everything a request handler needs, built once per process."""
+
+    settings: Settings
+    db: Database
+    registry: Registry
+    tokens: TokenService
+    reader: Reader
+    pusher: Pusher
+    hub: Hub
+    fanout: MemoryFanout | RedisFanout
+    jobs: Jobs | None = None  # background jobs: enqueued after commits, consumed here in the embedded default
+
+    async def start_live(self) -> None:
+        """Connect fan-out: local commits are published, every notice wakes the hub."""
+        loop = asyncio.get_running_loop()
+        await self.fanout.start(self.hub.notify, self.hub.tenants)
+        self.db.commit_listeners.append(
+            lambda tenant, seq, buckets: loop.create_task(self.fanout.publish(Notice.of_commit(tenant, seq, buckets)))
+        )
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.fanout.stop()
+        if self.jobs is not None:
+            await asyncio.to_thread(self.jobs.stop)
+        await self.db.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    """Build (not connect) everything a process serves with."""
+    db = Database(settings.database_url)
+    if settings.metrics:
+        instrument_database(db)
+    jobs = Jobs(JobSettings.for_server(settings))
+    registry = jobs.registry  # build_registry() with the jobs' sink: handlers enqueue after commit
+    reader = Reader(db, registry, CursorCodec(settings.jwt_secret),
+                    default_limit=settings.pull_limit, max_limit=settings.pull_max_limit)
+    fanout: MemoryFanout | RedisFanout = MemoryFanout()
+    if settings.redis_url:
+        fanout = RedisFanout(settings.redis_url, db, channel=f"{settings.redis_prefix}:changes",
+                             poll_interval=settings.poll_interval)
+    return Services(
+        settings=settings, db=db, registry=registry, tokens=TokenService(settings), reader=reader,
+        pusher=Pusher(db, registry), hub=Hub(db, reader), fanout=fanout, jobs=jobs,
+    )
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
+    settings = settings or Settings.from_env()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        built = services or build_services(settings)
+        app.state.services = built
+        built.hub.on_revoke(ws.close_revoked)
+        await built.start_live()
+        if built.jobs is not None:  # jobs' commits wake live devices like the server's own
+            loop = asyncio.get_running_loop()
+            built.jobs.commit_listeners.append(lambda *commit: loop.call_soon_threadsafe(built.db.notify, *commit))
+            built.jobs.start()  # consumer threads here unless a `fieldsync worker` consumes
+        try:
+            yield
+        finally:
+            if services is None:
+                await built.close()
+
+    routes = [
+        Route("/sync/pull", http.pull, methods=["POST"]),
+        Route("/sync/push", http.push, methods=["POST"]),
+        Route("/sync/schema", http.schema, methods=["GET"]),
+        Route("/healthz", http.healthz, methods=["GET"]),
+        Route("/readyz", http.readyz, methods=["GET"]),
+        Route("/documents/{id}", documents.fetch, methods=["GET"]),
+        Route("/metrics", http.metrics_endpoint, methods=["GET"]),
+        WebSocketRoute("/sync/ws", ws.endpoint),
+        Route("/admin/devices", device_health.list_devices, methods=["GET"]),
+        Route("/admin/devices/{client_id}/revoke", admin.revoke, methods=["POST"]),
+        Route("/admin/devices/{client_id}/enrol", admin.enrol, methods=["POST"]),
+        Route("/admin/{table}", admin.write, methods=["POST"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(Observe)] * settings.metrics + [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)],
+        exception_handlers={SyncError: on_sync_error, Exception: on_unexpected},
+    )
+    if services is not None:  # in-process tests: usable without running the lifespan
+        app.state.services = services
+    return app

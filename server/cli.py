@@ -1,0 +1,248 @@
+"""The ``fieldsync`` command: serve, migrate, demo, token, import."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from sync.errors import BadRequest
+from sync.schema import wire_type
+from sync.storage import Database
+
+from .config import Settings
+from .observe import configure_logging
+
+log = logging.getLogger("fieldsync")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fieldsync", description="Offline-first sync server.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP/WebSocket server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--demo", action="store_true", help="load the demo tenant first if it is missing")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    demo = commands.add_parser("demo", help="load the demo tenant (idempotent)")
+    demo.add_argument("--products", type=int, default=10_000)
+    demo.add_argument("--customers", type=int, default=500)
+    demo.add_argument("--days", type=int, default=21)
+    token = commands.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("username")
+    token.add_argument("--tenant", default="demo")
+    token.add_argument("--ttl", type=int, default=None, help="seconds (default FIELDSYNC_TOKEN_TTL)")
+    load = commands.add_parser("import", help="upsert rows of a table from a CSV file")
+    load.add_argument("table")
+    load.add_argument("file", type=Path)
+    load.add_argument("--tenant", default="demo")
+    load.add_argument("--batch", type=int, default=1000)
+    health = commands.add_parser("devices", help="device sync health: lag, last seen, errors (most behind first)")
+    health.add_argument("--tenant", default="demo")
+    health.add_argument("--behind", default=None, help="only devices lagging at least this long: 30m, 1h, 2d")
+    health.add_argument("--json", action="store_true", help="print JSON (as GET /admin/devices) instead of a table")
+    from jobs.cli import add_commands  # worker, jobs failed|retry, compact
+
+    job_commands = add_commands(commands)
+    from .simulate import add_command as add_simulate  # simulate: devices against a running server
+
+    job_commands.update(add_simulate(commands))
+    args = parser.parse_args(argv)
+    configure_logging()
+    settings = Settings.from_env()
+    handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+        "serve": cmd_serve, "migrate": cmd_migrate, "demo": cmd_demo, "token": cmd_token, "import": cmd_import,
+        "devices": cmd_devices, **job_commands,
+    }
+    return handlers[args.command](settings, args)
+
+
+def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
+    async def run() -> Any:
+        if settings.embedded:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.database_url)
+        try:
+            return await work(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from .migrations import upgrade
+
+    _with_db(settings, upgrade)
+    print("database schema is up to date")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from .domain.demo import load_demo
+    from .domain.registry import build_registry
+    from .migrations import upgrade
+
+    async def work(db: Database):
+        if settings.embedded:
+            await upgrade(db)
+        return await load_demo(db, build_registry(), products=args.products, customers=args.customers, days=args.days)
+
+    summary = _with_db(settings, work)
+    state = "loaded" if summary.created else "already present"
+    print(f"demo tenant {state}: " + ", ".join(f"{n} {t}" for t, n in summary.counts.items()))
+    return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from .auth import TokenService
+    from .domain.tables import tenants, users
+
+    async def work(db: Database):
+        async with db.read() as conn:
+            query = sa.select(users.c.id, users.c.tenant_id, users.c.role).join(
+                tenants, tenants.c.id == users.c.tenant_id
+            ).where(tenants.c.slug == args.tenant, users.c.username == args.username)
+            return (await conn.execute(query)).first()
+
+    user = _with_db(settings, work)
+    if user is None:
+        print(f"no user {args.username!r} in tenant {args.tenant!r} (run `fieldsync demo` first?)", file=sys.stderr)
+        return 1
+    print(TokenService(settings).issue(user_id=user.id, tenant_id=user.tenant_id, role=user.role, ttl=args.ttl))
+    return 0
+
+
+def cmd_devices(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from .device_health import device_health, format_table, parse_duration, tenant_id_of
+
+    try:
+        behind = parse_duration(args.behind) if args.behind else None
+    except BadRequest as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    now = int(time.time() * 1000)
+
+    async def work(db: Database):
+        tenant_id = await tenant_id_of(db, args.tenant)
+        return None if tenant_id is None else await device_health(db, tenant_id, behind=behind, now=now)
+
+    found = _with_db(settings, work)
+    if found is None:
+        print(f"no tenant {args.tenant!r}", file=sys.stderr)
+        return 1
+    head, health = found
+    if args.json:
+        print(json.dumps({"head": head, "now": now, "behind": behind, "devices": [d.as_json() for d in health]}))
+    else:
+        print(format_table(head, health, now))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .migrations import pending, upgrade
+
+    async def prepare(db: Database) -> bool:
+        if settings.embedded:
+            await upgrade(db)
+        return await pending(db)
+
+    if _with_db(settings, prepare):
+        print("the database schema is behind: run `fieldsync migrate` first", file=sys.stderr)
+        return 1
+    if args.demo:
+        cmd_demo(settings, argparse.Namespace(products=10_000, customers=500, days=21))
+    where = f"http://{args.host}:{args.port}"
+    print(f"fieldsync listening on {where} (database {settings.database_url.split('@')[-1]}, "
+          f"fan-out {'redis' if settings.redis_url else 'in-process'})")
+    print(f"get a token with `fieldsync token sales1`, then POST msgpack to {where}/sync/pull", flush=True)
+    uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning", log_config=None, access_log=False, ws_max_size=settings.max_body_bytes,
+                ws=settings.ws_impl, ws_per_message_deflate=settings.ws_deflate)
+    return 0
+
+
+def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .admin import WRITABLE, apply, check_rows
+    from .domain.registry import build_registry
+    from .domain.tables import tenants
+
+    if args.table not in WRITABLE:
+        print(f"unknown table {args.table!r}; importable: {', '.join(WRITABLE)}", file=sys.stderr)
+        return 1
+    table, _ = WRITABLE[args.table]
+    try:
+        with args.file.open(newline="") as handle:
+            rows = check_rows(args.table, [_typed_row(table, row, line)
+                                           for line, row in enumerate(csv.DictReader(handle), start=2)])
+    except (OSError, ValueError, BadRequest) as exc:
+        print(f"import refused, nothing written: {exc}", file=sys.stderr)
+        return 1
+
+    async def work(db: Database) -> int:
+        registry = build_registry()
+        async with db.read() as conn:
+            tenant_id = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == args.tenant))
+        if tenant_id is None:
+            raise SystemExit(f"no tenant {args.tenant!r}")
+        with tqdm(total=len(rows), unit="row", desc=f"import {args.table}") as bar:
+            for start in range(0, len(rows), args.batch):
+                chunk = rows[start:start + args.batch]
+                await apply(db, registry, tenant_id, args.table, chunk, [])
+                bar.update(len(chunk))
+        return len(rows)
+
+    try:
+        count = _with_db(settings, work)
+    except BadRequest as exc:
+        print(f"import stopped: {exc} (earlier batches were written)", file=sys.stderr)
+        return 1
+    print(f"imported {count} {args.table} rows")
+    return 0
+
+
+def _typed_row(table: sa.Table, row: dict[str, str], line: int) -> dict[str, Any]:
+    """CSV cells are text: convert by the column's wire type; an empty cell is null."""
+    try:
+        return _convert(table, row)
+    except ValueError as exc:
+        raise ValueError(f"line {line}: {exc}") from None
+
+
+def _convert(table: sa.Table, row: dict[str, str]) -> dict[str, Any]:
+    typed: dict[str, Any] = {}
+    for col, text in row.items():
+        if col not in table.c:
+            typed[col] = text  # check_rows names the unknown column
+            continue
+        kind = wire_type(table.c[col])
+        if text is None or text == "":
+            typed[col] = None
+        elif kind in ("int", "money", "time"):
+            typed[col] = int(text)
+        elif kind == "bool":
+            typed[col] = text.strip().lower() in ("1", "true", "yes", "y", "t")
+        elif kind == "float":
+            typed[col] = float(text)
+        else:
+            typed[col] = text
+    return typed
+
+
+if __name__ == "__main__":
+    sys.exit(main())

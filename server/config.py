@@ -1,0 +1,90 @@
+"""Configuration, read once from the environment (prefix ``FIELDSYNC_``) at the edge."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(f"FIELDSYNC_{name}")
+    return default if raw in (None, "") else int(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None
+    jwt_secret: bytes
+    jwt_public_key: str | None = None  # PEM: RS256 verification
+    jwt_private_key: str | None = None  # PEM: RS256 signing (the `token` command)
+    data_dir: Path = Path("var")
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_mutations: int = 500
+    pull_limit: int = 2000
+    pull_max_limit: int = 10000
+    token_ttl_s: int = 30 * 86400
+    min_protocol: int = 1  # refuse older apps with UNSUPPORTED_VERSION
+    ws_idle_timeout: float = 300.0  # close a WebSocket that sent nothing for this long
+    ws_slow_timeout: float = 30.0  # close a WebSocket whose frames stay unread this long
+    redis_prefix: str = "fieldsync"  # channel and key prefix: several deployments can share a Redis
+    poll_interval: float = 2.0  # log polling period while Redis is unreachable
+    ws_impl: str = "websockets-sansio"  # uvicorn's WebSocket protocol: no tasks per connection of its own
+    # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks, but its
+    # zlib state costs ~40 KB per session: turn it off for many mostly idle sessions.
+    ws_deflate: bool = True
+    metrics: bool = True  # FIELDSYNC_METRICS=0: no request metrics/access log/DB instrumentation (benchmarks)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        data_dir = Path(env.get("FIELDSYNC_DATA_DIR", "var"))
+        database_url = env.get("FIELDSYNC_DATABASE_URL") or f"sqlite:///{data_dir / 'fieldsync.db'}"
+        secret = env.get("FIELDSYNC_JWT_SECRET")
+        return cls(
+            database_url=database_url,
+            redis_url=env.get("FIELDSYNC_REDIS_URL") or None,
+            jwt_secret=secret.encode() if secret else _local_secret(data_dir),
+            jwt_public_key=_pem(env.get("FIELDSYNC_JWT_PUBLIC_KEY")),
+            jwt_private_key=_pem(env.get("FIELDSYNC_JWT_PRIVATE_KEY")),
+            data_dir=data_dir,
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
+            max_mutations=_int(env, "MAX_MUTATIONS", 500),
+            pull_limit=_int(env, "PULL_LIMIT", 2000),
+            pull_max_limit=_int(env, "PULL_MAX_LIMIT", 10000),
+            token_ttl_s=_int(env, "TOKEN_TTL", 30 * 86400),
+            min_protocol=_int(env, "MIN_PROTOCOL", 1),
+            ws_idle_timeout=float(env.get("FIELDSYNC_WS_IDLE_TIMEOUT") or 300),
+            ws_slow_timeout=float(env.get("FIELDSYNC_WS_SLOW_TIMEOUT") or 30),
+            redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
+            ws_impl=env.get("FIELDSYNC_WS_IMPL") or "websockets-sansio",
+            ws_deflate=(env.get("FIELDSYNC_WS_DEFLATE") or "1") not in ("0", "false", "no"),
+            metrics=(env.get("FIELDSYNC_METRICS") or "1") not in ("0", "false", "no"),
+        )
+
+
+def _pem(value: str | None) -> str | None:
+    """A PEM given inline or as a path to a file."""
+    if not value:
+        return None
+    return value if value.lstrip().startswith("-----BEGIN") else Path(value).read_text()
+
+
+def _local_secret(data_dir: Path) -> bytes:
+    """The embedded default's signing secret: made once, kept beside the database, so
+    `fieldsync token` and `fieldsync serve` agree with no set-up. Production sets
+    FIELDSYNC_JWT_SECRET (or RS256 keys)."""
+    path = data_dir / "jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()

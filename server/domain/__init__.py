@@ -1,0 +1,1 @@
+"""The bundled field-sales and POS domain: tables, datasets, mutations, demo data."""

@@ -1,0 +1,108 @@
+"""What an applied order, sale or payment leaves for the background jobs.
+
+Called by the mutation handlers inside their transaction: the ``invoices`` row (status
+``pending``) and the confirmation notice are written with the order or sale, so they
+exist exactly when it does; the jobs that render and deliver them are enqueued after
+commit (:mod:`server.domain.jobsink`). Everything here is re-runnable by id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from sync.push import MutationContext
+
+from . import mutations
+from .job_tables import notices
+from .jobsink import after_commit
+from .tables import customers, invoices, orders, sales, tenants
+
+_EXPONENTS = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "HUF": 2, "BHD": 3, "KWD": 3, "OMR": 3, "TND": 3}
+
+
+def format_money(amount: int, currency: str) -> str:
+    """Minor units as text: ``123456, "EUR"`` is ``1,234.56 EUR``."""
+    exponent = _EXPONENTS.get(currency, 2)
+    sign = "-" if amount < 0 else ""
+    whole, cents = divmod(abs(amount), 10**exponent) if exponent else (abs(amount), 0)
+    text = f"{whole:,}" + (f".{cents:0{exponent}d}" if exponent else "")
+    return f"{sign}{text} {currency}"
+
+
+def invoice_id_for(source_id: str) -> str:
+    return f"inv-{source_id}"
+
+
+def dashboard_of_user(user_id: int) -> str:
+    return f"user:{user_id}"
+
+
+def dashboard_of_branch(branch_id: int) -> str:
+    return f"branch:{branch_id}"
+
+
+async def _row(ctx: MutationContext, table: sa.Table, key: Any) -> dict[str, Any]:
+    query = sa.select(table).where(table.c.tenant_id == ctx.principal.tenant_id, table.c.id == key)
+    return dict((await ctx.conn.execute(query)).mappings().one())
+
+
+async def _pending_invoice(ctx: MutationContext, source: dict[str, Any], *, order: bool) -> str:
+    invoice_id = invoice_id_for(source["id"])
+    await ctx.changes.insert(invoices, [{
+        "id": invoice_id, "number": await mutations.next_number(ctx, "invoice", "INV"),
+        "order_id": source["id"] if order else None, "sale_id": None if order else source["id"],
+        "salesperson_id": source.get("salesperson_id"), "branch_id": source["branch_id"],
+        "total": source["total"], "currency": source["currency"], "status": "pending", "url": None,
+        "created_at": ctx.now,
+    }])
+    return invoice_id
+
+
+async def order_created(ctx: MutationContext, order_id: str) -> None:
+    """An order was applied: its invoice, its confirmation notice, its owner's dashboard."""
+    tenant = ctx.principal.tenant_id
+    order = await _row(ctx, orders, order_id)
+    invoice_id = await _pending_invoice(ctx, order, order=True)
+    notice_id = await _confirmation_notice(ctx, order)
+    dashboard = [dashboard_of_user(order["salesperson_id"])]
+    calls = [lambda jobs: jobs.invoice(tenant, invoice_id), lambda jobs: jobs.dashboards(tenant, dashboard)]
+    if notice_id is not None:
+        calls.append(lambda jobs: jobs.notice(tenant, notice_id))
+    after_commit(ctx, *calls)
+
+
+async def sale_completed(ctx: MutationContext, sale_id: str) -> None:
+    """A POS sale was recorded: its invoice (receipt) and the shop's dashboard."""
+    tenant = ctx.principal.tenant_id
+    sale = await _row(ctx, sales, sale_id)
+    invoice_id = await _pending_invoice(ctx, sale, order=False)
+    dashboard = [dashboard_of_branch(sale["branch_id"])]
+    after_commit(ctx, lambda jobs: jobs.invoice(tenant, invoice_id), lambda jobs: jobs.dashboards(tenant, dashboard))
+
+
+def payment_recorded(ctx: MutationContext) -> None:
+    tenant, dashboard = ctx.principal.tenant_id, [dashboard_of_user(ctx.principal.user_id)]
+    after_commit(ctx, lambda jobs: jobs.dashboards(tenant, dashboard))
+
+
+async def _confirmation_notice(ctx: MutationContext, order: dict[str, Any]) -> str | None:
+    """Put the order confirmation in the outbox; its id is the de-duplication key.
+    A customer with no e-mail address gets none (the row says ``skipped``)."""
+    notice_id = f"order-confirmation:{order['id']}"
+    customer = await _row(ctx, customers, order["customer_id"])
+    company = await ctx.conn.scalar(sa.select(tenants.c.name).where(tenants.c.id == ctx.principal.tenant_id))
+    lines = len(order["lines"])
+    body = (
+        f"Dear {customer['contact_name'] or customer['name']},\n\n"
+        f"thank you for your order {order['number']} ({lines} line{'s' if lines != 1 else ''}, "
+        f"total {format_money(order['total'], order['currency'])}).\n"
+        f"We will send the goods and the invoice shortly.\n\n{company}\n"
+    )
+    await ctx.conn.execute(sa.insert(notices).values(
+        id=notice_id, tenant_id=ctx.principal.tenant_id, kind="order_confirmation",
+        recipient=customer["email"], subject=f"{company}: order {order['number']} confirmed", body=body,
+        status="pending" if customer["email"] else "skipped", attempts=0, created_at=ctx.now,
+    ))
+    return notice_id if customer["email"] else None

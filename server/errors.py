@@ -1,0 +1,45 @@
+"""Turning exceptions into responses: one place, one body shape ``{error: {code, message}}``."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from sync import wire
+from sync.errors import ErrorCode, SyncError
+
+log = logging.getLogger("fieldsync.errors")
+
+MSGPACK = "application/msgpack"
+
+
+def wants_json(request: Request) -> bool:
+    """Admin callers may speak JSON; sync bodies are msgpack."""
+    accept = request.headers.get("accept", "")
+    ctype = request.headers.get("content-type", "")
+    return MSGPACK not in accept and ("json" in ctype or "json" in accept or request.url.path.startswith("/admin"))
+
+
+def error_response(request: Request, error: SyncError) -> Response:
+    body = {"error": error.to_wire()}
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    if wants_json(request):
+        return Response(json.dumps(body), error.code.http, headers, media_type="application/json")
+    return Response(wire.pack(body), error.code.http, headers, media_type=MSGPACK)
+
+
+async def on_sync_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SyncError)
+    request.state.error_code = exc.code.value
+    return error_response(request, exc)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    """A bug: log the traceback here, never send it to the client."""
+    request_id = getattr(request.state, "request_id", "-")
+    log.exception("unhandled error in %s %s (request %s)", request.method, request.url.path, request_id)
+    error = SyncError(ErrorCode.INTERNAL, f"internal error; quote request id {request_id}")
+    return error_response(request, error)

@@ -1,0 +1,182 @@
+"""Fan-out: after a commit, one small notice tells every server process "the log of
+tenant T advanced to S in these buckets". It is only a wake-up; the log is the truth.
+
+Two backends behind one interface, chosen by config: in-process (embedded default) and
+Redis pub/sub (several ``web`` processes). The Redis backend keeps serving when Redis goes
+away: it falls back to polling ``log_head`` every couple of seconds and switches back when
+Redis returns, logging each switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgpack
+import sqlalchemy as sa
+
+from sync.storage import Database, log_head
+
+from . import metrics
+
+log = logging.getLogger("fieldsync.fanout")
+
+MAX_BUCKETS = 256  # a bigger commit says "anything may have changed" instead of listing them
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A wake-up: changes up to ``seq`` (``buckets`` None: any bucket), or a revocation."""
+
+    tenant_id: int
+    seq: int = 0
+    buckets: frozenset[str] | None = None
+    revoke_client: str | None = None
+    revoke_user: int | None = None
+    at: float = 0.0  # commit time (epoch seconds), for the commit-to-device lag metric
+
+    def pack(self) -> bytes:
+        return msgpack.packb([self.tenant_id, self.seq, sorted(self.buckets) if self.buckets is not None else None,
+                              self.revoke_client, self.revoke_user, self.at], use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Notice:
+        tenant, seq, buckets, client, user, at = msgpack.unpackb(data, raw=False)
+        return cls(tenant, seq, frozenset(buckets) if buckets is not None else None, client, user, at)
+
+    @classmethod
+    def of_commit(cls, tenant_id: int, seq: int, buckets: Iterable[str]) -> Notice:
+        buckets = frozenset(buckets)
+        return cls(tenant_id, seq, buckets if len(buckets) <= MAX_BUCKETS else None, at=time.time())
+
+
+Listener = Callable[[Notice], None]
+
+
+class MemoryFanout:
+    """One process: notices go straight to the local listener."""
+
+    fallback = False
+
+    def __init__(self) -> None:
+        self._listener: Listener | None = None
+
+    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]]) -> None:
+        self._listener = listener
+
+    async def publish(self, notice: Notice) -> None:
+        metrics.PUBLISHED.inc()
+        if self._listener is not None:
+            metrics.RECEIVED.inc()
+            self._listener(notice)
+
+    async def ping(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        self._listener = None
+
+
+class RedisFanout:
+    """Redis pub/sub with one subscription per process, and polling while Redis is away."""
+
+    def __init__(self, url: str, db: Database, *, channel: str, poll_interval: float = 2.0,
+                 on_mode: Callable[[bool], None] | None = None) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.from_url(url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=10)
+        self._db = db
+        self.channel = channel
+        self.poll_interval = poll_interval
+        self.fallback = False
+        self._on_mode = on_mode or (lambda active: None)
+        self._tasks: list[asyncio.Task] = []
+        self._seen: dict[int, int] = {}
+
+    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]]) -> None:
+        self._listener, self._tenants = listener, tenants
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+
+    async def publish(self, notice: Notice) -> None:
+        try:
+            await self._redis.publish(self.channel, notice.pack())
+            metrics.PUBLISHED.inc()
+        except (OSError, ConnectionError, TimeoutError, Exception) as exc:  # noqa: BLE001 - redis-py raises its own tree
+            # Processes in fallback poll the log, so the change still reaches every device.
+            log.debug("publish failed (%s); pollers will pick the change up", exc)
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._redis.aclose()
+
+    def _set_fallback(self, active: bool, reason: str = "") -> None:
+        if active != self.fallback:
+            self.fallback = active
+            if active:
+                log.warning("redis unavailable (%s): live delivery falls back to polling the log every %.1fs",
+                            reason, self.poll_interval)
+            else:
+                log.warning("redis is back: live delivery by pub/sub again")
+            metrics.FALLBACK.set(1 if active else 0)
+            self._on_mode(active)
+
+    async def _listen(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel)
+                    self._set_fallback(False)
+                    delay = 0.2
+                    await self._catch_up()  # anything committed while we were not listening
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._deliver(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any redis/network failure: poll until it returns
+                self._set_fallback(True, f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            notice = Notice.unpack(data)
+        except (ValueError, TypeError, msgpack.UnpackException) as exc:
+            log.warning("ignored a malformed notice: %s", exc)
+            return
+        self._seen[notice.tenant_id] = max(self._seen.get(notice.tenant_id, 0), notice.seq)
+        metrics.RECEIVED.inc()
+        self._listener(notice)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            if self.fallback:
+                with contextlib.suppress(Exception):
+                    await self._catch_up()
+
+    async def _catch_up(self) -> None:
+        """Wake the sessions of any tenant whose log head moved past what we last heard."""
+        tenants = list(self._tenants())
+        if not tenants:
+            return
+        async with self._db.read() as conn:
+            heads = dict((await conn.execute(
+                sa.select(log_head.c.tenant_id, log_head.c.seq).where(log_head.c.tenant_id.in_(tenants))
+            )).all())
+        for tenant, seq in heads.items():
+            if seq > self._seen.get(tenant, 0):
+                self._seen[tenant] = seq
+                self._listener(Notice(tenant, seq, None, at=time.time()))

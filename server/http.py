@@ -1,0 +1,132 @@
+"""HTTP framing of the sync engine: read bytes, authenticate, call the core, write bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+from prometheus_client import Counter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from sync import devices, messages, wire
+from sync.errors import BadRequest, ErrorCode, SyncError
+from sync.schema import Principal
+
+from . import metrics
+from .auth import bearer, principal_for
+from .errors import MSGPACK
+from .live import count_sent
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes ``limit`` (never buffered beyond it)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise BadRequest(f"body of {length} bytes exceeds the {limit} byte limit", ErrorCode.PAYLOAD_TOO_LARGE)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"body exceeds the {limit} byte limit", ErrorCode.PAYLOAD_TOO_LARGE)
+    return bytes(body)
+
+
+async def authenticate(request: Request) -> Principal:
+    services = request.app.state.services
+    claims = services.tokens.verify(bearer(request.headers.get("authorization")))
+    principal = await principal_for(services.db, claims)
+    request.state.principal = principal
+    return principal
+
+
+def msgpack_response(body: object) -> Response:
+    return Response(wire.pack(body), media_type=MSGPACK)
+
+
+async def _sync_body(request: Request) -> tuple[Principal, object]:
+    principal = await authenticate(request)
+    limit = request.app.state.services.settings.max_body_bytes
+    return principal, wire.unpack(await read_body(request, limit), max_size=limit)
+
+
+@contextlib.contextmanager
+def outcome(counter: Counter) -> Iterator[None]:
+    """Count a request by its outcome: ``ok`` or the error code that ended it."""
+    try:
+        yield
+    except SyncError as error:
+        counter.labels(error.code.value).inc()
+        raise
+    except Exception:
+        counter.labels(ErrorCode.INTERNAL.value).inc()
+        raise
+    counter.labels("ok").inc()
+
+
+def record_results(registry, mutations, results) -> None:
+    for mutation, result in zip(mutations, results):
+        name = mutation.name if mutation.name in registry.mutations else "unknown"
+        metrics.MUTATIONS.labels(name, result["status"], result.get("code", "")).inc()
+
+
+async def pull(request: Request) -> Response:
+    services = request.app.state.services
+    with outcome(metrics.PULLS):
+        principal, body = await _sync_body(request)
+        req = messages.parse_pull(body, services.settings.min_protocol)
+        request.state.client_id = req.client_id
+        enrolled = await devices.touch(services.db, principal, req.client_id)
+        batch = await services.reader.pull(principal, req.cursor, req.limit, not_before=enrolled)
+        packed = wire.pack(batch)
+    count_sent(batch, len(packed), "pull")
+    request.state.rows = sum(len(p["rows"]) + len(p["deletes"]) for p in batch["data"].values())
+    request.state.bytes = len(packed)
+    return Response(packed, media_type=MSGPACK)
+
+
+async def push(request: Request) -> Response:
+    services = request.app.state.services
+    with outcome(metrics.PUSHES):
+        principal, body = await _sync_body(request)
+        req = messages.parse_push(body, max_mutations=services.settings.max_mutations,
+                                  minimum=services.settings.min_protocol)
+        request.state.client_id = req.client_id
+        await devices.touch(services.db, principal, req.client_id, force=True)
+        results = await services.pusher.push(principal, req.client_id, req.mutations)
+    record_results(services.registry, req.mutations, results)
+    return msgpack_response({"v": messages.PROTOCOL_VERSION, "results": results})
+
+
+async def schema(request: Request) -> Response:
+    await authenticate(request)
+    body = {"v": messages.PROTOCOL_VERSION, **request.app.state.services.registry.describe()}
+    if "json" in request.headers.get("accept", ""):
+        return JSONResponse(body)
+    return msgpack_response(body)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """200 when the database (and Redis, when configured) answer; 503 naming what does not."""
+    services = request.app.state.services
+    checks = {"database": services.db.ping()}
+    if services.settings.redis_url:
+        checks["redis"] = services.fanout.ping()
+    report, ready = {}, True
+    for name, check in checks.items():
+        try:
+            await asyncio.wait_for(check, 3)
+            report[name] = "ok"
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", reported as such
+            report[name], ready = f"{type(exc).__name__}: {exc}"[:300], False
+    return JSONResponse({"status": "ok" if ready else "unavailable", **report}, 200 if ready else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)

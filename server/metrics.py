@@ -1,0 +1,75 @@
+"""Every Prometheus metric fieldsync exports, defined here and nowhere else.
+
+Several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set (the Procfile does), every ``web``
+process and the worker write their samples there and any one ``/metrics`` serves the sum;
+without it each process serves its own registry. No label takes unbounded values: routes
+are templates, datasets and mutation names come from the registry, codes from ErrorCode.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+LAG = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+POSITIONS = (0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+
+
+def _gauge(name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "livesum") -> Gauge:
+    return Gauge(name, doc, labels, multiprocess_mode=mode)
+
+
+HTTP_DURATION = Histogram("fieldsync_http_request_duration_seconds", "HTTP request latency.",
+                          ("route", "method", "status"), buckets=LATENCY)
+WS_SESSIONS = _gauge("fieldsync_ws_sessions", "Open WebSocket sessions by state.", ("state",))
+WS_OPENED = Counter("fieldsync_ws_sessions_opened_total", "WebSocket sessions accepted.")
+WS_CLOSED = Counter("fieldsync_ws_sessions_closed_total", "WebSocket sessions ended, by close code.", ("code",))
+ROWS_SENT = Counter("fieldsync_rows_sent_total", "Rows and deletes sent to devices.", ("dataset", "framing"))
+BYTES_SENT = Counter("fieldsync_bytes_sent_total", "Sync bytes sent (before gzip).", ("framing",))
+SNAPSHOTS = Counter("fieldsync_snapshot_pages_total", "Batches that reset datasets (snapshot pages).", ("framing",))
+SNAPSHOT_ROWS = Histogram("fieldsync_snapshot_page_rows", "Rows in a snapshot page.",
+                          buckets=(10, 100, 500, 1000, 2000, 5000, 10000, 20000))
+PULLS = Counter("fieldsync_pulls_total", "Pull requests by outcome code (ok or an error code).", ("code",))
+PUSHES = Counter("fieldsync_pushes_total", "Push requests by outcome code.", ("code",))
+MUTATIONS = Counter("fieldsync_mutations_total", "Mutations by name and status.", ("name", "status", "code"))
+COMMIT_TO_DEVICE = Histogram("fieldsync_commit_to_device_seconds",
+                             "From a change's commit to its live frame leaving the server.", buckets=LAG)
+DEVICE_LAG = Histogram("fieldsync_device_lag_positions",
+                       "How many log positions behind the head a device's acknowledged cursor is.",
+                       buckets=POSITIONS)
+LOG_ENTRIES = _gauge("fieldsync_change_log_entries", "Entries in the change log (all tenants).", mode="max")
+COMPACTION_RUNS = Counter("fieldsync_compaction_runs_total", "Change-log compaction runs.")
+COMPACTION_REMOVED = Counter("fieldsync_compaction_removed_total", "Change-log entries removed by compaction.")
+PUBLISHED = Counter("fieldsync_pubsub_published_total", "Change notices published.")
+RECEIVED = Counter("fieldsync_pubsub_received_total", "Change notices received.")
+FALLBACK = _gauge("fieldsync_fanout_fallback", "1 while live delivery polls the log because Redis is away.",
+                  mode="max")
+LIVE_ROUNDS = Histogram("fieldsync_live_round_seconds", "Time to build and queue one wake-up's frames.",
+                        buckets=LATENCY)
+JOBS_ENQUEUED = Counter("fieldsync_jobs_enqueued_total", "Jobs enqueued.", ("task",))
+JOBS_RUN = Counter("fieldsync_jobs_run_total", "Jobs run to completion.", ("task",))
+JOBS_FAILED = Counter("fieldsync_jobs_failed_total", "Job attempts that failed.", ("task",))
+JOBS_RETRIED = Counter("fieldsync_jobs_retried_total", "Job attempts scheduled for retry.", ("task",))
+JOBS_GIVEN_UP = Counter("fieldsync_jobs_given_up_total", "Jobs that ran out of retries (recorded).", ("task",))
+JOBS_QUEUE = _gauge("fieldsync_jobs_queue_depth", "Jobs waiting in the queue.", mode="max")
+DB_IN_USE = _gauge("fieldsync_db_pool_in_use", "Database connections checked out.")
+DB_WAIT = Histogram("fieldsync_db_acquire_seconds", "Time to get a database connection from the pool.",
+                    buckets=LATENCY)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text to serve at /metrics: this process, or every process in multiprocess mode."""
+    if MULTIPROCESS:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int) -> None:
+    if MULTIPROCESS:
+        multiprocess.mark_process_dead(pid)

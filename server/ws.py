@@ -1,0 +1,268 @@
+"""``GET /sync/ws``: the WebSocket framing of the sync engine.
+
+A session moves HANDSHAKE → CATCHING_UP → LIVE → CLOSING and nowhere else. Catch-up uses
+the same :meth:`Reader.pull` as HTTP; live frames come from the :class:`~server.live.Hub`.
+Outbound frames go through a small bounded queue drained by one sender task; a device that
+stops reading fills it, is marked behind, and catches up from the log when it drains (or is
+closed with SLOW_CLIENT after a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sync import devices, messages, wire
+from sync.errors import AuthError, BadRequest, ErrorCode, SyncError
+from sync.schema import Principal
+
+from . import metrics
+from .auth import bearer, principal_for
+from .http import record_results
+from .live import count_sent
+
+log = logging.getLogger("fieldsync.ws")
+
+QUEUE_FRAMES = 4  # outbound frames buffered per session; beyond that the device is "behind"
+HELLO_TIMEOUT_S = 10
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    CATCHING_UP = "catching_up"
+    LIVE = "live"
+    CLOSING = "closing"
+
+
+_ALLOWED = {
+    State.HANDSHAKE: {State.CATCHING_UP, State.CLOSING},
+    State.CATCHING_UP: {State.LIVE, State.CLOSING},
+    State.LIVE: {State.CLOSING},
+    State.CLOSING: set(),
+}
+
+
+class Session:
+    """One device's live connection."""
+
+    def __init__(self, websocket: WebSocket, services: Any) -> None:
+        self.ws = websocket
+        self.services = services
+        self.state = State.HANDSHAKE
+        self.principal: Principal | None = None
+        self.client_id = ""
+        self.cursor: bytes | None = None
+        self.buckets: frozenset[str] = frozenset()
+        self.dirty = False
+        self.behind_since: float | None = None
+        self.token_exp = float("inf")
+        self.close_code: int | None = None
+        self.not_before: int | None = None
+        self.frames_sent = self.bytes_sent = 0
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_FRAMES)
+
+    # -- state ---------------------------------------------------------------------
+
+    def step(self, new: State) -> None:
+        if new not in _ALLOWED[self.state]:
+            raise RuntimeError(f"illegal session step {self.state.value} -> {new.value}")
+        metrics.WS_SESSIONS.labels(self.state.value).dec()
+        metrics.WS_SESSIONS.labels(new.value).inc()
+        self.state = new
+
+    def is_live(self) -> bool:
+        return self.state is State.LIVE
+
+    def has_room(self) -> bool:
+        """False marks the session behind: it gets no frame until its queue drains."""
+        if self._queue.full():
+            self.behind_since = self.behind_since or time.monotonic()
+            self.dirty = True
+            return False
+        return True
+
+    def offer(self, frame: bytes, reset: bool = False) -> None:
+        self._queue.put_nowait(frame)
+        if reset:  # the device's scope changed: refresh what wakes it
+            asyncio.get_running_loop().create_task(self._refresh_buckets())
+
+    async def close_for(self, code: ErrorCode, message: str) -> None:
+        if self.state is State.CLOSING:
+            return
+        self.step(State.CLOSING)
+        self.close_code = code.close
+        with contextlib.suppress(Exception):
+            await self.ws.send_bytes(wire.pack({"t": "error", "code": code.value, "message": message}))
+        with contextlib.suppress(Exception):
+            await self.ws.close(code.close, message[:120])
+
+    # -- the connection ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        metrics.WS_OPENED.inc()
+        metrics.WS_SESSIONS.labels(self.state.value).inc()
+        opened = time.monotonic()
+        sender = asyncio.create_task(self._send_loop())
+        hub = self.services.hub
+        try:
+            await self._handshake()
+            hub.add(self)
+            await self._catch_up()
+            self.step(State.LIVE)
+            if self.dirty:
+                hub.wake(self.principal.tenant_id)
+            await self._receive_loop()
+        except WebSocketDisconnect:
+            pass
+        except SyncError as error:
+            await self.close_for(error.code, error.message)
+        finally:
+            if self.principal is not None:
+                hub.remove(self)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            self._ended(opened)
+
+    def _ended(self, opened: float) -> None:
+        metrics.WS_SESSIONS.labels(self.state.value).dec()
+        code = str(self.close_code or 1000)
+        metrics.WS_CLOSED.labels(code).inc()
+        log.info("session ended", extra={"fields": {
+            "route": "/sync/ws", "user": getattr(self.principal, "user_id", None), "device": self.client_id,
+            "close": code, "seconds": round(time.monotonic() - opened, 1), "frames": self.frames_sent,
+            "bytes": self.bytes_sent}})
+
+    async def _handshake(self) -> None:
+        frame = await self._next_frame(HELLO_TIMEOUT_S)
+        if frame.get("t") != "hello":
+            raise BadRequest("the first frame must be hello")
+        messages.check_version(frame, minimum=self.services.settings.min_protocol)
+        self.client_id = messages.client_id_of(frame)
+        cursor = frame.get("cursor")
+        if cursor is not None and not isinstance(cursor, bytes):
+            raise BadRequest("`cursor` must be bin or nil")
+        token = frame.get("token") or bearer(self.ws.headers.get("authorization"))
+        if not isinstance(token, str):
+            raise AuthError(ErrorCode.AUTH_INVALID, "`token` must be a string")
+        claims = self.services.tokens.verify(token)
+        self.principal = await principal_for(self.services.db, claims)
+        self.token_exp = float(claims["exp"])
+        self.cursor = cursor
+        self.not_before = await devices.touch(self.services.db, self.principal, self.client_id, force=True)
+        self.buckets = await self.services.reader.buckets(self.principal)
+        self.step(State.CATCHING_UP)
+
+    async def _catch_up(self) -> None:
+        while True:
+            batch = await self.services.reader.pull(self.principal, self.cursor, not_before=self.not_before)
+            frame = wire.pack({"t": "changes", **{k: v for k, v in batch.items() if k != "v"}})
+            count_sent(batch, len(frame), "ws")
+            await self._queue.put(frame)
+            self.cursor = batch["cursor"]
+            if batch["reset"]:
+                self.buckets = await self.services.reader.buckets(self.principal)
+            if not batch["more"]:
+                return
+
+    async def _receive_loop(self) -> None:
+        idle = self.services.settings.ws_idle_timeout
+        while True:
+            frame = await self._next_frame(idle)
+            kind = frame.get("t")
+            if kind == "ping":
+                await self._queue.put(wire.pack({"t": "pong"}))
+            elif kind == "push":
+                await self._push(frame)
+            elif kind == "ack":
+                await self._ack(frame)
+            elif kind == "hello":
+                await self._error(ErrorCode.BAD_REQUEST, "hello was already received")
+            else:
+                await self._error(ErrorCode.BAD_REQUEST, f"unknown frame type {kind!r}")
+
+    async def _next_frame(self, timeout: float) -> dict:
+        """The next well-formed frame; malformed ones get an error frame and are skipped."""
+        while True:
+            remaining = min(timeout, self.token_exp - time.time())
+            if remaining <= 0:
+                raise AuthError(ErrorCode.AUTH_INVALID, "the token expired; reconnect with a new one")
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), remaining)
+            except asyncio.TimeoutError:
+                if self.token_exp - time.time() <= 0:
+                    raise AuthError(ErrorCode.AUTH_INVALID, "the token expired; reconnect with a new one") from None
+                raise SyncError(ErrorCode.IDLE_TIMEOUT, f"no frame for {timeout:.0f}s") from None
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", 1000))
+            if message.get("bytes") is None:
+                await self._error(ErrorCode.BAD_REQUEST, "frames are binary msgpack, not text")
+                continue
+            try:
+                frame = wire.unpack(message["bytes"], max_size=self.services.settings.max_body_bytes)
+            except BadRequest as error:
+                await self._error(error.code, error.message)
+                continue
+            if isinstance(frame, dict):
+                return frame
+            await self._error(ErrorCode.BAD_REQUEST, "a frame is a msgpack map")
+
+    async def _push(self, frame: dict) -> None:
+        try:
+            mutations = messages.parse_mutations(frame.get("mutations"),
+                                                 max_mutations=self.services.settings.max_mutations)
+        except BadRequest as error:
+            await self._error(error.code, error.message)
+            return
+        results = await self.services.pusher.push(self.principal, self.client_id, mutations)
+        record_results(self.services.registry, mutations, results)
+        await self._queue.put(wire.pack({"t": "results", "results": results}))
+
+    async def _ack(self, frame: dict) -> None:
+        cursor = frame.get("cursor")
+        decoded = self.services.reader.cursors.decode(cursor) if isinstance(cursor, bytes) else None
+        if decoded is None:
+            await self._error(ErrorCode.BAD_REQUEST, "`cursor` of ack is not a cursor this server issued")
+            return
+        await devices.acknowledge(self.services.db, self.principal, self.client_id, decoded.seq)
+
+    async def _error(self, code: ErrorCode, message: str) -> None:
+        await self._queue.put(wire.pack({"t": "error", "code": code.value, "message": message}))
+
+    async def _send_loop(self) -> None:
+        slow_after = self.services.settings.ws_slow_timeout
+        while True:
+            try:
+                frame = await asyncio.wait_for(self._queue.get(), slow_after if self.behind_since else None)
+            except asyncio.TimeoutError:
+                frame = None
+            if self.behind_since is not None and time.monotonic() - self.behind_since > slow_after:
+                await self.close_for(ErrorCode.SLOW_CLIENT, f"frames not read for {slow_after:.0f}s")
+                return
+            if frame is None:
+                continue
+            await self.ws.send_bytes(frame)
+            self.frames_sent += 1
+            self.bytes_sent += len(frame)
+            if self.behind_since is not None and self._queue.empty():
+                self.behind_since = None  # drained: catch up from the log
+                self.services.hub.wake(self.principal.tenant_id)
+
+    async def _refresh_buckets(self) -> None:
+        with contextlib.suppress(Exception):
+            self.buckets = await self.services.reader.buckets(self.principal)
+
+
+async def close_revoked(session: Session, notice: object) -> None:
+    await session.close_for(ErrorCode.REVOKED, "this device or its user was switched off by an admin")
+
+
+async def endpoint(websocket: WebSocket) -> None:
+    await Session(websocket, websocket.app.state.services).run()

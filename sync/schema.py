@@ -1,0 +1,271 @@
+"""Declarations the engine serves generically: synced tables, datasets, mutations.
+
+The domain registers these with a :class:`Registry`; the engine never imports the domain.
+A dataset is one table, a tuple of wire columns, a key and, per role, a :class:`Scope`
+saying which rows a device of that role holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from .errors import ErrorCode, MutationRejected
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is syncing: resolved by the server from the token and its user table."""
+
+    tenant_id: int
+    user_id: int
+    role: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: A scope's partition values for a principal: literal values, or a SELECT whose first column gives them.
+Values = Callable[[Principal], "Sequence[Any] | sa.Select"]
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """How rows of a table are filed into buckets of the change log: by one column's value,
+    among rows passing equality filters. Datasets with the same spec share buckets."""
+
+    table: str
+    partition: str | None
+    where: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def prefix(self) -> str:
+        filters = ",".join(f"{col}={value!r}" for col, value in self.where)
+        return f"{self.table}:{self.partition or '*'}:{filters}#"
+
+    def bucket_of(self, row: Mapping[str, Any]) -> str | None:
+        """The bucket a row (as a column mapping) is in, or None when it is in none."""
+        if any(row.get(col) != value for col, value in self.where):
+            return None
+        if self.partition is None:
+            return self.prefix
+        value = row.get(self.partition)
+        return None if value is None else f"{self.prefix}{value}"
+
+    def bucket(self, value: Any) -> str:
+        return self.prefix if self.partition is None else f"{self.prefix}{value}"
+
+    @property
+    def columns(self) -> set[str]:
+        return {col for col, _ in self.where} | ({self.partition} if self.partition else set())
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The rows of a dataset one role sees.
+
+    Args:
+        partition: column whose value must be one of ``values(principal)``; None for all
+            rows of the tenant.
+        values: the principal's partition values (literal list or a SELECT).
+        where: equality filters every visible row passes (e.g. ``{"active": True}``).
+        window: ``(time column, width in ms)``: only rows newer than now minus the width;
+            rows age out of scope with time alone and reach devices as deletes.
+    """
+
+    partition: str | None = None
+    values: Values | None = None
+    where: Mapping[str, Any] = field(default_factory=dict)
+    window: tuple[str, int] | None = None
+
+    def spec(self, table: str) -> BucketSpec:
+        return BucketSpec(table, self.partition, tuple(sorted(self.where.items())))
+
+    def admits(self, row: Mapping[str, Any], values: set[Any], now_ms: int) -> bool:
+        """Whether a current row is visible: the Python twin of :meth:`clause`."""
+        if any(row.get(col) != value for col, value in self.where.items()):
+            return False
+        if self.partition is not None and row.get(self.partition) not in values:
+            return False
+        if self.window is not None:
+            stamp = row.get(self.window[0])
+            return stamp is not None and stamp >= now_ms - self.window[1]
+        return True
+
+    def clause(self, table: sa.Table, values: Sequence[Any], now_ms: int) -> sa.ColumnElement[bool]:
+        """The SQL twin of :meth:`admits` (without the tenant filter)."""
+        terms = [table.c[col] == value for col, value in self.where.items()]
+        if self.partition is not None:
+            terms.append(table.c[self.partition].in_(list(values)))
+        if self.window is not None:
+            terms.append(table.c[self.window[0]] >= now_ms - self.window[1])
+        return sa.and_(sa.true(), *terms)
+
+
+_WIRE_TYPES: list[tuple[type, str]] = [
+    (sa.Boolean, "bool"),
+    (sa.Integer, "int"),
+    (sa.Float, "float"),
+    (sa.JSON, "json"),
+    (sa.LargeBinary, "bytes"),
+    (sa.String, "str"),
+]
+
+
+def wire_type(column: sa.Column) -> str:
+    """The wire type of a column: ``info={"wire": ...}`` wins (``time``, ``money``)."""
+    if "wire" in column.info:
+        return column.info["wire"]
+    for sa_type, name in _WIRE_TYPES:
+        if isinstance(column.type, sa_type):
+            return name
+    raise TypeError(f"column {column} has no wire type")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One synced dataset: a table's columns, served to each role through its scope."""
+
+    name: str
+    table: sa.Table
+    columns: tuple[str, ...]
+    scopes: Mapping[str, Scope]
+    key: str = "id"
+    priority: int = 100  # lower first in a snapshot: customers before a 100k-row catalog
+
+    def __post_init__(self) -> None:
+        missing = [c for c in (*self.columns, self.key) if c not in self.table.c]
+        if missing or self.key not in self.columns:
+            raise ValueError(f"dataset {self.name}: bad columns {missing or self.key}")
+
+    @property
+    def types(self) -> list[str]:
+        return [wire_type(self.table.c[c]) for c in self.columns]
+
+    @property
+    def shape_hash(self) -> int:
+        """Changes when columns, types, key or any scope change: such a dataset is reset."""
+        scopes = sorted((role, s.partition, sorted(s.where.items()), s.window) for role, s in self.scopes.items())
+        text = repr((self.table.name, self.columns, self.types, self.key, scopes))
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "cols": list(self.columns),
+            "types": self.types,
+            "key": self.key,
+            "priority": self.priority,
+            "roles": sorted(self.scopes),
+        }
+
+
+@dataclass(frozen=True)
+class SyncedTable:
+    """A table whose writes append to the change log.
+
+    ``versioned`` fields get field-level versions (``version`` and ``field_versions``
+    columns), so a device's edit made against an older version can be checked per field.
+    """
+
+    table: sa.Table
+    key: str = "id"
+    versioned: tuple[str, ...] = ()
+
+
+Handler = Callable[[Any, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+MAX_ID = 2**31 - 1  # integer keys are 32-bit columns
+
+_ARG_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (int,),
+    "id": (int,),
+    "str": (str,),
+    "bool": (bool,),
+    "float": (float, int),
+    "list": (list,),
+    "map": (dict,),
+}
+
+
+@dataclass(frozen=True)
+class MutationSpec:
+    """A mutation a device may push: its handler and its argument types (``"int"``,
+    ``"str?"`` for optional, ...)."""
+
+    name: str
+    handler: Handler
+    args: Mapping[str, str]
+    roles: frozenset[str]
+    doc: str = ""
+
+    def check_args(self, args: Mapping[str, Any]) -> None:
+        unknown = set(args) - set(self.args)
+        if unknown:
+            raise MutationRejected(ErrorCode.INVALID_ARGS, f"unknown argument(s): {', '.join(sorted(unknown))}")
+        for name, kind in self.args.items():
+            optional = kind.endswith("?")
+            value = args.get(name)
+            if value is None:
+                if optional:
+                    continue
+                raise MutationRejected(ErrorCode.INVALID_ARGS, f"`{name}` is required")
+            types = _ARG_TYPES[kind.rstrip("?")]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise MutationRejected(ErrorCode.INVALID_ARGS, f"`{name}` must be {kind.rstrip('?')}")
+            if kind.startswith("id") and not 0 < value <= MAX_ID:
+                raise MutationRejected(ErrorCode.NOT_FOUND, f"`{name}` {value} names no row")
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "args": dict(self.args), "roles": sorted(self.roles), "doc": self.doc}
+
+
+class Registry:
+    """Everything the engine serves: filled by the domain at start-up."""
+
+    def __init__(self) -> None:
+        self.tables: dict[str, SyncedTable] = {}
+        self.datasets: dict[str, Dataset] = {}
+        self.mutations: dict[str, MutationSpec] = {}
+        self._specs: dict[str, list[BucketSpec]] = {}
+
+    def table(self, table: sa.Table, *, key: str = "id", versioned: tuple[str, ...] = ()) -> None:
+        self.tables[table.name] = SyncedTable(table, key, versioned)
+
+    def dataset(self, dataset: Dataset) -> None:
+        if dataset.table.name not in self.tables:
+            raise ValueError(f"dataset {dataset.name}: table {dataset.table.name} is not synced")
+        self.datasets[dataset.name] = dataset
+        self._specs.clear()
+
+    def mutation(self, name: str, *, args: Mapping[str, str], roles: Sequence[str]) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.mutations[name] = MutationSpec(name, handler, dict(args), frozenset(roles), (handler.__doc__ or "").strip())
+            return handler
+
+        return register
+
+    def specs_of(self, table_name: str) -> list[BucketSpec]:
+        """Every bucket spec rows of this table are filed under (one per distinct scope)."""
+        if table_name in self._specs:
+            return self._specs[table_name]
+        specs = {
+            scope.spec(table_name)
+            for ds in self.datasets.values()
+            if ds.table.name == table_name
+            for scope in ds.scopes.values()
+        }
+        self._specs[table_name] = sorted(specs, key=lambda s: s.prefix)
+        return self._specs[table_name]
+
+    def for_role(self, role: str) -> list[Dataset]:
+        """The role's datasets in snapshot order."""
+        return sorted((d for d in self.datasets.values() if role in d.scopes), key=lambda d: (d.priority, d.name))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "datasets": [d.describe() for d in sorted(self.datasets.values(), key=lambda d: (d.priority, d.name))],
+            "mutations": [m.describe() for m in sorted(self.mutations.values(), key=lambda m: m.name)],
+        }

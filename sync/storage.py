@@ -1,0 +1,205 @@
+"""The engine's own tables and the database handle (SQLite or PostgreSQL by URL).
+
+Tables: ``log_head`` (per-tenant commit position), ``change_log`` (what changed in which
+bucket at which position), ``mutation_ledger`` (exactly-once push) and ``devices``.
+Domain tables join the same :data:`metadata` so one Alembic history covers everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .errors import StorageError
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+log_head = sa.Table(
+    "log_head",
+    metadata,
+    sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+    # The last committed position. Writers bump it as the last statement of their
+    # transaction, so its row lock orders commits: see docs/architecture.md.
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
+    # Entries at or below this position may be compacted away; older cursors get a snapshot.
+    sa.Column("horizon", sa.BigInteger, nullable=False, server_default="0"),
+)
+
+change_log = sa.Table(
+    "change_log",
+    metadata,
+    sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("bucket", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("op", sa.SmallInteger, nullable=False),  # 1 put, 0 removed from the bucket
+    sa.Column("at", sa.BigInteger, nullable=False),  # commit time, ms
+    sa.Index("ix_change_log_seq", "tenant_id", "seq"),
+    sa.Index("ix_change_log_key", "tenant_id", "bucket", "key"),
+)
+PUT, REMOVE = 1, 0
+
+mutation_ledger = sa.Table(
+    "mutation_ledger",
+    metadata,
+    sa.Column("id", sa.String(180), primary_key=True),  # "<tenant>:<client_id>:<mutation id>"
+    sa.Column("tenant_id", sa.Integer, nullable=False),
+    sa.Column("client_id", sa.String(128), nullable=False),
+    sa.Column("mutation_id", sa.BigInteger, nullable=False),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("args", sa.JSON, nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False, info={"wire": "time"}),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("code", sa.String(40)),
+    sa.Column("message", sa.Text),
+    sa.Column("result", sa.JSON),
+    sa.Column("applied_at", sa.BigInteger, nullable=False, info={"wire": "time"}),
+    sa.UniqueConstraint("tenant_id", "client_id", "mutation_id", name="uq_ledger_client_mutation"),
+    sa.Index("ix_ledger_user", "tenant_id", "user_id", "status"),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("client_id", sa.String(128), primary_key=True),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("last_mutation_id", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("first_seen", sa.BigInteger, nullable=False),
+    sa.Column("last_seen", sa.BigInteger, nullable=False),
+    sa.Column("acked_seq", sa.BigInteger),
+    sa.Column("app_version", sa.String(64)),
+    sa.Column("last_error", sa.String(40)),
+    sa.Column("revoked_at", sa.BigInteger),
+    # Set when an admin re-enrols a revoked device: cursors from before it get a full reset.
+    sa.Column("enrolled_at", sa.BigInteger),
+)
+
+
+def async_url(url: str) -> str:
+    """Pick the async driver for a plain ``sqlite://`` or ``postgresql://`` URL."""
+    for plain, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", "postgresql+asyncpg://"),
+                          ("postgres://", "postgresql+asyncpg://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url
+
+
+_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+class Database:
+    """An async engine plus the transaction discipline the change log needs.
+
+    ``read()`` gives a consistent snapshot (REPEATABLE READ on PostgreSQL, one WAL read
+    transaction on SQLite); ``write()`` a read-committed transaction. SQLite allows one
+    writer, so writes are serialised in-process and begin IMMEDIATE instead of failing
+    with "database is locked" half-way.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        url = async_url(url)
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
+            _sqlite_transactions(self.engine)
+        else:
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        read_options = {"fs_mode": "read"}
+        if not self.is_sqlite:
+            read_options["isolation_level"] = "REPEATABLE READ"
+        self._reader = self.engine.execution_options(**read_options)
+        self._writer = self.engine.execution_options(fs_mode="write")
+        #: Called after each commit that appended to the log: ``(tenant_id, seq, buckets)``.
+        self.commit_listeners: list[Callable[[int, int, frozenset[str]], None]] = []
+        #: Called with the seconds each transaction waited for a pooled connection (metrics).
+        self.on_acquire: Callable[[float], None] = lambda seconds: None
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    def insert(self, table: sa.Table):
+        """A dialect insert supporting ``on_conflict_do_nothing``/``do_update``."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._guard(), self._timed(self._reader) as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._guard():
+            if self._write_lock is None:
+                async with self._timed(self._writer) as conn, conn.begin():
+                    yield conn
+            else:
+                async with self._write_lock, self._timed(self._writer) as conn, conn.begin():
+                    yield conn
+
+    @asynccontextmanager
+    async def _timed(self, engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+        started = time.perf_counter()
+        async with engine.connect() as conn:
+            self.on_acquire(time.perf_counter() - started)
+            yield conn
+
+    @asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            if isinstance(exc, sa.exc.DBAPIError) and not _is_connectivity(exc):
+                raise
+            log.warning("database unavailable: %s", exc)
+            raise StorageError() from exc
+
+    def notify(self, tenant_id: int, seq: int, buckets: frozenset[str]) -> None:
+        for listener in self.commit_listeners:
+            listener(tenant_id, seq, buckets)
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _is_connectivity(exc: sa.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+        return True
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("connect", "closed", "terminat", "shutdown", "timeout", "locked"))
+
+
+def _sqlite_transactions(engine: AsyncEngine) -> None:
+    """Take transaction control from pysqlite so BEGIN happens when we say, as we say."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_conn, _record) -> None:  # pragma: no cover - trivial
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn) -> None:
+        write = conn.get_execution_options().get("fs_mode") == "write"
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
