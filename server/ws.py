@@ -31,6 +31,7 @@ log = logging.getLogger("fieldsync.ws")
 
 QUEUE_FRAMES = 4  # outbound frames buffered per session; beyond that the device is "behind"
 HELLO_TIMEOUT_S = 10
+CLOSE_SEND_TIMEOUT_S = 1.0  # a closing frame that cannot be written by then is given up on
 
 
 class State(enum.Enum):
@@ -66,6 +67,7 @@ class Session:
         self.not_before: int | None = None
         self.frames_sent = self.bytes_sent = 0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_FRAMES)
+        self._main: asyncio.Task | None = None
 
     # -- state ---------------------------------------------------------------------
 
@@ -97,15 +99,18 @@ class Session:
             return
         self.step(State.CLOSING)
         self.close_code = code.close
+        # Bounded: a device that reads nothing never makes room for these frames.
         with contextlib.suppress(Exception):
-            await self.ws.send_bytes(wire.pack({"t": "error", "code": code.value, "message": message}))
+            await asyncio.wait_for(self.ws.send_bytes(wire.pack({"t": "error", "code": code.value, "message": message})),
+                                   CLOSE_SEND_TIMEOUT_S)
         with contextlib.suppress(Exception):
-            await self.ws.close(code.close, message[:120])
+            await asyncio.wait_for(self.ws.close(code.close, message[:120]), CLOSE_SEND_TIMEOUT_S)
 
     # -- the connection ----------------------------------------------------------------
 
     async def run(self) -> None:
         await self.ws.accept()
+        self._main = asyncio.current_task()
         metrics.WS_OPENED.inc()
         metrics.WS_SESSIONS.labels(self.state.value).inc()
         opened = time.monotonic()
@@ -123,6 +128,10 @@ class Session:
             pass
         except SyncError as error:
             await self.close_for(error.code, error.message)
+        except asyncio.CancelledError:
+            if self.close_code is None:  # not our own give-up on a stalled device (see _give_up)
+                raise
+            asyncio.current_task().uncancel()
         finally:
             if self.principal is not None:
                 hub.remove(self)
@@ -191,13 +200,15 @@ class Session:
     async def _next_frame(self, timeout: float) -> dict:
         """The next well-formed frame; malformed ones get an error frame and are skipped."""
         while True:
-            remaining = min(timeout, self.token_exp - time.time())
-            if remaining <= 0:
+            until_expiry = self.token_exp - time.time()
+            if until_expiry <= 0:
                 raise AuthError(ErrorCode.AUTH_INVALID, "the token expired; reconnect with a new one")
             try:
-                message = await asyncio.wait_for(self.ws.receive(), remaining)
+                message = await asyncio.wait_for(self.ws.receive(), min(timeout, until_expiry))
             except asyncio.TimeoutError:
-                if self.token_exp - time.time() <= 0:
+                # Decide by which deadline was waited for, not by re-reading the clock: the
+                # loop's timer may fire a hair before time.time() reaches ``exp``.
+                if until_expiry <= timeout:
                     raise AuthError(ErrorCode.AUTH_INVALID, "the token expired; reconnect with a new one") from None
                 raise SyncError(ErrorCode.IDLE_TIMEOUT, f"no frame for {timeout:.0f}s") from None
             if message["type"] == "websocket.disconnect":
@@ -244,16 +255,25 @@ class Session:
             except asyncio.TimeoutError:
                 frame = None
             if self.behind_since is not None and time.monotonic() - self.behind_since > slow_after:
-                await self.close_for(ErrorCode.SLOW_CLIENT, f"frames not read for {slow_after:.0f}s")
-                return
+                return await self._give_up(slow_after)
             if frame is None:
                 continue
-            await self.ws.send_bytes(frame)
+            try:
+                await asyncio.wait_for(self.ws.send_bytes(frame), slow_after)
+            except asyncio.TimeoutError:  # the socket stayed full: the device reads nothing
+                return await self._give_up(slow_after)
             self.frames_sent += 1
             self.bytes_sent += len(frame)
             if self.behind_since is not None and self._queue.empty():
                 self.behind_since = None  # drained: catch up from the log
                 self.services.hub.wake(self.principal.tenant_id)
+
+    async def _give_up(self, slow_after: float) -> None:
+        """Close a device that stopped reading, and end its session even though the
+        receive side, waiting for frames the device will never send, would not notice."""
+        await self.close_for(ErrorCode.SLOW_CLIENT, f"frames not read for {slow_after:.0f}s")
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
 
     async def _refresh_buckets(self) -> None:
         with contextlib.suppress(Exception):

@@ -55,7 +55,21 @@ class ChangeSet:
         for row in rows:
             if row.get(key) is None:  # the database assigns the key
                 row[key] = (await self.conn.execute(sa.insert(table).values(row).returning(table.c[key]))).scalar_one()
+        await self._fill_defaults(table, rows)
         self._record(table, [(None, row) for row in rows])
+
+    async def _fill_defaults(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+        """Read back the scope columns a row left to the database's defaults: a product
+        inserted without ``active`` is active, so it must be logged in the catalog bucket."""
+        synced = self._synced(table)
+        needed = set().union(*(spec.columns for spec in self.registry.specs_of(table.name)))
+        partial = [row for row in rows if not needed <= row.keys()]
+        if not partial:
+            return
+        stored = await self._old_rows(synced, [row[synced.key] for row in partial], full=False)
+        for row in partial:
+            for col, value in stored.get(_k(row[synced.key]), {}).items():
+                row.setdefault(col, value)
 
     async def upsert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert new rows, update the given columns of existing ones."""
