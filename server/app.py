@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from . import admin, device_health, http, ws
 from . import documents
 from .fanout import MemoryFanout, Notice, RedisFanout
 from .live import Hub
-from .auth import TokenService
+from .auth import TokenService, switched_off
 from .config import Settings
 from .errors import on_sync_error, on_unexpected
 from .observe import Observe, instrument_database
@@ -52,7 +53,7 @@ class Services:
     async def start_live(self) -> None:
         """Connect fan-out: local commits are published, every notice wakes the hub."""
         loop = asyncio.get_running_loop()
-        await self.fanout.start(self.hub.notify, self.hub.tenants)
+        await self.fanout.start(self.hub.notify, self.hub.tenants, self.hub.recheck)
         self.db.commit_listeners.append(
             lambda tenant, seq, buckets: loop.create_task(self.fanout.publish(Notice.of_commit(tenant, seq, buckets)))
         )
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services or build_services(settings)
         app.state.services = built
-        built.hub.on_revoke(ws.close_revoked)
+        built.hub.on_revoke(ws.close_revoked, functools.partial(switched_off, built.db))
         await built.start_live()
         if built.jobs is not None:  # jobs' commits wake live devices like the server's own
             loop = asyncio.get_running_loop()

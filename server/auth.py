@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from sync.errors import AuthError, ErrorCode, RevokedError
 from sync.schema import MAX_ID, Principal
-from sync.storage import Database
+from sync.storage import Database, devices
 
 from .config import Settings
 from .domain.tables import branches, tenants, users
@@ -79,3 +79,18 @@ async def principal_for(db: Database, claims: dict) -> Principal:
         attrs={"branch_id": row.branch_id, "pricelist_id": row.pricelist_id, "currency": row.currency,
                "username": row.username},
     )
+
+
+async def switched_off(db: Database, tenant_id: int, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Of these ``(client_id, user_id)`` pairs of one tenant, those whose device was revoked or
+    whose user was deactivated: what a revocation notice says, re-read from the database."""
+    clients = sorted({client for client, _ in pairs})
+    people = sorted({user for _, user in pairs})
+    async with db.read() as conn:
+        revoked = set((await conn.execute(sa.select(devices.c.client_id).where(
+            devices.c.tenant_id == tenant_id, devices.c.client_id.in_(clients), devices.c.revoked_at.is_not(None),
+        ))).scalars())
+        inactive = set((await conn.execute(sa.select(users.c.id).where(
+            users.c.tenant_id == tenant_id, users.c.id.in_(people), users.c.active.is_(False),
+        ))).scalars())
+    return {(client, user) for client, user in pairs if client in revoked or user in inactive}

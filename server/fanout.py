@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import msgpack
@@ -55,6 +55,7 @@ class Notice:
 
 
 Listener = Callable[[Notice], None]
+Resync = Callable[[], Awaitable[None]]  # re-check what notices would have said (revocations)
 
 
 class MemoryFanout:
@@ -65,7 +66,8 @@ class MemoryFanout:
     def __init__(self) -> None:
         self._listener: Listener | None = None
 
-    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]]) -> None:
+    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]],
+                    resync: Resync | None = None) -> None:
         self._listener = listener
 
     async def publish(self, notice: Notice) -> None:
@@ -84,6 +86,8 @@ class MemoryFanout:
 class RedisFanout:
     """Redis pub/sub with one subscription per process, and polling while Redis is away."""
 
+    SAFETY_POLLS = 15  # in pub/sub mode, still compare log heads every 15 poll intervals
+
     def __init__(self, url: str, db: Database, *, channel: str, poll_interval: float = 2.0,
                  on_mode: Callable[[bool], None] | None = None) -> None:
         import redis.asyncio as aioredis
@@ -96,18 +100,27 @@ class RedisFanout:
         self._on_mode = on_mode or (lambda active: None)
         self._tasks: list[asyncio.Task] = []
         self._seen: dict[int, int] = {}
+        self._resync: Resync | None = None
 
-    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]]) -> None:
+    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]],
+                    resync: Resync | None = None) -> None:
         self._listener, self._tenants = listener, tenants
+        self._resync = resync
         self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
 
     async def publish(self, notice: Notice) -> None:
-        try:
-            await self._redis.publish(self.channel, notice.pack())
-            metrics.PUBLISHED.inc()
-        except (OSError, ConnectionError, TimeoutError, Exception) as exc:  # noqa: BLE001 - redis-py raises its own tree
-            # Processes in fallback poll the log, so the change still reaches every device.
-            log.debug("publish failed (%s); pollers will pick the change up", exc)
+        data = notice.pack()
+        for attempt in (1, 2):
+            try:
+                await self._redis.publish(self.channel, data)
+                metrics.PUBLISHED.inc()
+                return
+            except Exception as exc:  # noqa: BLE001 - redis-py raises its own tree
+                # After Redis restarts, the pooled connection is dead and the first use fails
+                # ("Connection closed by server"); redis-py has dropped it, so one more try
+                # gets a fresh one. Beyond that, processes poll the log (fallback, or the
+                # safety poll), so the change still reaches every device.
+                log.debug("publish attempt %d failed (%s)", attempt, exc)
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -139,7 +152,7 @@ class RedisFanout:
                     await pubsub.subscribe(self.channel)
                     self._set_fallback(False)
                     delay = 0.2
-                    await self._catch_up()  # anything committed while we were not listening
+                    await self._catch_up(resync=True)  # anything committed while we were not listening
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._deliver(message["data"])
@@ -161,14 +174,23 @@ class RedisFanout:
         self._listener(notice)
 
     async def _poll(self) -> None:
+        """Every poll interval while Redis is away; now and then even when it is up, since
+        a notice whose publish failed is lost to every process in pub/sub mode."""
+        ticks = 0
         while True:
             await asyncio.sleep(self.poll_interval)
-            if self.fallback:
-                with contextlib.suppress(Exception):
-                    await self._catch_up()
+            ticks += 1
+            if self.fallback or ticks % self.SAFETY_POLLS == 0:
+                try:
+                    await self._catch_up(resync=self.fallback)
+                except Exception as exc:  # noqa: BLE001 - the database may be away too; try next tick
+                    log.debug("log poll failed: %s", exc)
 
-    async def _catch_up(self) -> None:
-        """Wake the sessions of any tenant whose log head moved past what we last heard."""
+    async def _catch_up(self, resync: bool = False) -> None:
+        """Wake the sessions of any tenant whose log head moved past what we last heard;
+        with ``resync``, also re-check what revocation notices may have been missed."""
+        if resync and self._resync is not None:
+            await self._resync()
         tenants = list(self._tenants())
         if not tenants:
             return

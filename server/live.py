@@ -53,6 +53,9 @@ class Subscriber(Protocol):
     async def close_for(self, code: object, message: str) -> None: ...
 
 
+SwitchedOff = Callable[[int, set[tuple[str, int]]], Awaitable[set[tuple[str, int]]]]
+
+
 class Hub:
     """The live sessions of this process, grouped by tenant."""
 
@@ -64,6 +67,7 @@ class Hub:
         self._rounds: dict[int, asyncio.Task] = {}
         self._oldest: dict[int, float] = {}  # tenant -> commit time of the oldest undelivered notice
         self._revoke: Callable[[Subscriber, Notice], Awaitable[None]] | None = None
+        self._switched_off: SwitchedOff | None = None
 
     def tenants(self) -> list[int]:
         return [tenant for tenant, group in self.sessions.items() if group]
@@ -74,8 +78,25 @@ class Hub:
     def remove(self, session: Subscriber) -> None:
         self.sessions.get(session.principal.tenant_id, set()).discard(session)
 
-    def on_revoke(self, handler: Callable[[Subscriber, Notice], Awaitable[None]]) -> None:
-        self._revoke = handler
+    def on_revoke(self, handler: Callable[[Subscriber, Notice], Awaitable[None]],
+                  switched_off: SwitchedOff | None = None) -> None:
+        """``handler`` closes a session; ``switched_off`` finds, in the database, the sessions
+        a revocation notice would have named (used by :meth:`recheck`)."""
+        self._revoke, self._switched_off = handler, switched_off
+
+    async def recheck(self) -> None:
+        """Close the sessions revoked while notices could not reach us (Redis was away)."""
+        if self._revoke is None or self._switched_off is None:
+            return
+        for tenant_id, group in list(self.sessions.items()):
+            pairs = {(s.client_id, s.principal.user_id) for s in group}
+            if not pairs:
+                continue
+            off = await self._switched_off(tenant_id, pairs)
+            for session in list(group):
+                if (session.client_id, session.principal.user_id) in off:
+                    asyncio.get_running_loop().create_task(
+                        self._revoke(session, Notice(tenant_id, revoke_client=session.client_id)))
 
     def notify(self, notice: Notice) -> None:
         """Called for every notice (local or from Redis): mark touched sessions dirty."""

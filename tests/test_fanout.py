@@ -270,7 +270,7 @@ async def test_redis_killed_and_restarted_nothing_is_lost(services, world, pair_
                                   and copy.rows("catalog")[product]["name"] == name, within, copy)
         except TimeoutError:
             raise AssertionError(f"a write through A ({name!r}) did not reach the device on B "
-                                 f"within {within}s") from None
+                                 f"within {within}s\n--- A:\n{a.log_tail()}\n--- B:\n{b.log_tail()}") from None
         return time.monotonic() - started
 
     assert await write_on_a_and_see_on_b(1, "redis up", 1.0) < 1.0
