@@ -182,7 +182,7 @@ class RedisFanout:
             ticks += 1
             if self.fallback or ticks % self.SAFETY_POLLS == 0:
                 try:
-                    await self._catch_up(resync=self.fallback)
+                    await self._catch_up(resync=True)
                 except Exception as exc:  # noqa: BLE001 - the database may be away too; try next tick
                     log.debug("log poll failed: %s", exc)
 

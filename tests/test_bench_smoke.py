@@ -1,0 +1,43 @@
+"""The benchmarks in ``bench/`` at their smoke size: each must run to the end against the real
+PostgreSQL and Redis and print its figures. Full sizes are run by hand (``bench/README.md``);
+this only keeps them from rotting. No figure is asserted here: timing is not a unit test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.live_support import require_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# script -> words its report must contain (the figures the issues ask for)
+BENCHES = {
+    "http_sync_bench.py": ["rows/s", "bytes", "ms"],
+    "ws_bench.py": ["p50", "p99"],
+    "jobs_bench.py": ["p50", "compaction"],
+    "observability_bench.py": ["p50"],
+    "client_decode_bench.py": ["rows/s"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(330)
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.parametrize("script", sorted(BENCHES))
+def test_benchmark_runs_at_smoke_size(script, pg_database):
+    require_redis()
+    args = [sys.executable, str(ROOT / "bench" / script)]
+    if script != "client_decode_bench.py":
+        args.append("--smoke")
+    else:
+        args += ["--rows", "20000", "--page", "5000", "--repeat", "1"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    report = done.stdout.lower()
+    missing = [word for word in BENCHES[script] if word.lower() not in report]
+    assert not missing, f"{script} printed no {missing}:\n{done.stdout[-3000:]}"
