@@ -140,8 +140,8 @@ async def write(request: Request) -> Response:
         for row in rows:
             if row.get("active") is False:
                 await services.fanout.publish(Notice(principal.tenant_id, revoke_user=row["id"]))
-    if name in ("users", "branches"):  # scope parameters (a branch's pricelist) changed: wake everyone
-        await services.fanout.publish(Notice(principal.tenant_id, 0, None))
+    if name in ("users", "branches"):  # scope parameters (a user's branch, a branch's pricelist) changed
+        await services.fanout.publish(Notice(principal.tenant_id, 0, None, rescope=True))
     return JSONResponse(counts) if is_json else msgpack_response(counts)
 
 

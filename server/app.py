@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         built = services or build_services(settings)
         app.state.services = built
         built.hub.on_revoke(ws.close_revoked, functools.partial(switched_off, built.db))
+        built.hub.on_rescope(ws.rescope)
         await built.start_live()
         if built.jobs is not None:  # jobs' commits wake live devices like the server's own
             loop = asyncio.get_running_loop()

@@ -30,7 +30,8 @@ MAX_BUCKETS = 256  # a bigger commit says "anything may have changed" instead of
 
 @dataclass(frozen=True)
 class Notice:
-    """A wake-up: changes up to ``seq`` (``buckets`` None: any bucket), or a revocation."""
+    """A wake-up: changes up to ``seq`` (``buckets`` None: any bucket), a revocation, or
+    ``rescope``: the tenant's users or branches changed, so sessions re-read who they serve."""
 
     tenant_id: int
     seq: int = 0
@@ -38,15 +39,18 @@ class Notice:
     revoke_client: str | None = None
     revoke_user: int | None = None
     at: float = 0.0  # commit time (epoch seconds), for the commit-to-device lag metric
+    rescope: bool = False
 
     def pack(self) -> bytes:
         return msgpack.packb([self.tenant_id, self.seq, sorted(self.buckets) if self.buckets is not None else None,
-                              self.revoke_client, self.revoke_user, self.at], use_bin_type=True)
+                              self.revoke_client, self.revoke_user, self.at, self.rescope], use_bin_type=True)
 
     @classmethod
     def unpack(cls, data: bytes) -> Notice:
-        tenant, seq, buckets, client, user, at = msgpack.unpackb(data, raw=False)
-        return cls(tenant, seq, frozenset(buckets) if buckets is not None else None, client, user, at)
+        # fields appended later are optional, so processes of two versions can share a channel
+        tenant, seq, buckets, client, user, at, *later = msgpack.unpackb(data, raw=False)
+        return cls(tenant, seq, frozenset(buckets) if buckets is not None else None, client, user, at,
+                   bool(later and later[0]))
 
     @classmethod
     def of_commit(cls, tenant_id: int, seq: int, buckets: Iterable[str]) -> Notice:

@@ -68,6 +68,7 @@ class Hub:
         self._oldest: dict[int, float] = {}  # tenant -> commit time of the oldest undelivered notice
         self._revoke: Callable[[Subscriber, Notice], Awaitable[None]] | None = None
         self._switched_off: SwitchedOff | None = None
+        self._rescope: Callable[[Subscriber], Awaitable[None]] | None = None
 
     def tenants(self) -> list[int]:
         return [tenant for tenant, group in self.sessions.items() if group]
@@ -98,9 +99,16 @@ class Hub:
                     asyncio.get_running_loop().create_task(
                         self._revoke(session, Notice(tenant_id, revoke_client=session.client_id)))
 
+    def on_rescope(self, handler: Callable[[Subscriber], Awaitable[None]]) -> None:
+        """``handler`` re-reads a session's principal (its branch, pricelist, role)."""
+        self._rescope = handler
+
     def notify(self, notice: Notice) -> None:
         """Called for every notice (local or from Redis): mark touched sessions dirty."""
         group = self.sessions.get(notice.tenant_id, ())
+        if notice.rescope:
+            asyncio.get_running_loop().create_task(self._rescope_all(notice.tenant_id))
+            return
         if notice.revoke_client is not None or notice.revoke_user is not None:
             for session in list(group):
                 if session.client_id == notice.revoke_client or session.principal.user_id == notice.revoke_user:
@@ -116,6 +124,16 @@ class Hub:
             if notice.at:
                 self._oldest[notice.tenant_id] = min(self._oldest.get(notice.tenant_id, notice.at), notice.at)
             self.wake(notice.tenant_id)
+
+    async def _rescope_all(self, tenant_id: int) -> None:
+        """Re-read every session's principal, then give each its next batch: a terminal moved
+        to another branch gets its datasets reset live, not at its next reconnect."""
+        group = list(self.sessions.get(tenant_id, ()))
+        if self._rescope is not None:
+            await asyncio.gather(*(self._rescope(session) for session in group), return_exceptions=True)
+        for session in group:
+            session.dirty = True
+        self.wake(tenant_id)
 
     def wake(self, tenant_id: int) -> None:
         task = self._rounds.get(tenant_id)

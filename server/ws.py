@@ -24,6 +24,7 @@ from sync.schema import Principal
 
 from . import metrics
 from .auth import bearer, principal_for
+from .device_health import record_ack
 from .http import record_results
 from .live import count_sent
 
@@ -63,6 +64,7 @@ class Session:
         self.dirty = False
         self.behind_since: float | None = None
         self.token_exp = float("inf")
+        self.claims: dict = {}
         self.close_code: int | None = None
         self.not_before: int | None = None
         self.frames_sent = self.bytes_sent = 0
@@ -164,6 +166,7 @@ class Session:
         claims = self.services.tokens.verify(token)
         self.principal = await principal_for(self.services.db, claims)
         self.token_exp = float(claims["exp"])
+        self.claims = claims
         self.cursor = cursor
         self.not_before = await devices.touch(self.services.db, self.principal, self.client_id, force=True)
         self.buckets = await self.services.reader.buckets(self.principal)
@@ -242,7 +245,7 @@ class Session:
         if decoded is None:
             await self._error(ErrorCode.BAD_REQUEST, "`cursor` of ack is not a cursor this server issued")
             return
-        await devices.acknowledge(self.services.db, self.principal, self.client_id, decoded.seq)
+        await record_ack(self.services.db, self.principal, self.client_id, decoded.seq)
 
     async def _error(self, code: ErrorCode, message: str) -> None:
         await self._queue.put(wire.pack({"t": "error", "code": code.value, "message": message}))
@@ -278,6 +281,21 @@ class Session:
     async def _refresh_buckets(self) -> None:
         with contextlib.suppress(Exception):
             self.buckets = await self.services.reader.buckets(self.principal)
+
+
+async def rescope(session: Session) -> None:
+    """Re-read the session's user after the office changed users or branches: a new branch
+    or pricelist changes its buckets (and the reader resets the datasets it affects)."""
+    if session.principal is None or session.state is State.CLOSING:
+        return
+    try:
+        principal = await principal_for(session.services.db, session.claims)
+    except SyncError as error:  # deactivated, or its role changed: the token no longer fits
+        await session.close_for(error.code, error.message)
+        return
+    if principal != session.principal:
+        session.principal = principal
+        session.buckets = await session.services.reader.buckets(principal)
 
 
 async def close_revoked(session: Session, notice: object) -> None:

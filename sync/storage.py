@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import sqlalchemy as sa
@@ -171,6 +171,15 @@ class Database:
     def notify(self, tenant_id: int, seq: int, buckets: frozenset[str]) -> None:
         for listener in self.commit_listeners:
             listener(tenant_id, seq, buckets)
+
+    async def analyze(self, tables: Iterable[sa.Table] = ()) -> None:
+        """Refresh the planner's statistics after a bulk load. A table loaded in one go and
+        not analyzed yet (autovacuum off, or not run yet) is planned as if nearly empty: a
+        10-key lookup of ``prices`` was planned as a scan of the tenant's whole index."""
+        names = [f'"{t.name}"' for t in tables]
+        async with self.engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("ANALYZE" + (f" {', '.join(names)}" if names and not self.is_sqlite else ""))
 
     async def ping(self) -> None:
         async with self.read() as conn:

@@ -293,6 +293,9 @@ async def test_scripted_session_moves_every_counter(services, world, processes, 
     lag_count = moved(before, after, "fieldsync_commit_to_device_seconds_count")
     assert 1 <= lag_count <= live_frames
     assert moved(before, after, "fieldsync_live_round_seconds_count") >= 1
+    # device lag: the session's one ack, sent at (or a commit or two behind) the head, observed once
+    assert moved(before, after, "fieldsync_device_lag_positions_count") == 1
+    assert moved(before, after, "fieldsync_device_lag_positions_bucket", le="10.0") == 1
     # fan-out (in-process): every commit published and received
     published = moved(before, after, "fieldsync_pubsub_published_total")
     assert published >= 2  # the order and the office write, at least

@@ -465,6 +465,24 @@ ONLY_POSTGRES = pytest.mark.parametrize("database_url", [pytest.param("postgres"
 BIG = {"FIELDSYNC_PULL_LIMIT": "2000", "FIELDSYNC_MAX_BODY_BYTES": str(1 << 20)}
 
 
+async def test_a_terminal_moved_to_another_branch_is_rescoped_live(services, world, launch):
+    """The office moves a POS user to the warehouse branch while its terminal is connected:
+    the terminal's stock and customers switch to the new branch's live (a reset), without a
+    reconnect, and its copy equals what a fresh device of that user pulls."""
+    server = await launch()
+    pos, admin = token(services, world.pos1, "pos"), token(services, world.admin, "admin")
+    copy = Replica()
+    till = await connect_device(server.ws_url, pos, "till-moved", copy)
+    before = await fresh_pull(server.base, pos)
+    await admin_write(server.base, admin, "users", [{"id": world.pos1, "branch_id": world.warehouse}])
+    after = await fresh_pull(server.base, pos)
+    assert (before.rows("stock"), before.rows("customers")) != (after.rows("stock"), after.rows("customers")), \
+        "the seed gives the two branches different stock or customers"
+    await converge(till, copy, lambda: fresh_pull(server.base, pos), timeout=5)
+    assert till.conn.state.name == "OPEN", "rescoped without a reconnect"
+
+
+
 @ONLY_POSTGRES
 async def test_clients_that_stop_reading_keep_server_memory_bounded(services, world, launch):
     server = await launch(**BIG)

@@ -112,6 +112,7 @@ async def load_demo(db: Database, registry: Registry, *, products: int = 10_000,
                         (payments, payment_rows), (visits, visit_rows)):
         counts[table.name] = await _write(db, registry, tenant_id, table, rows)
     await _finish(db, tenant_id, {"order": len(order_rows), "sale": len(sale_rows)})
+    await db.analyze()
     return DemoSummary(tenant_id, True, counts)
 
 

@@ -179,19 +179,13 @@ Future<void> run(Uri server, String token) async {
     }
   });
   // Invariant 5 says nothing of *when* live devices see job writes; the product
-  // wants it live. Today it is not (see README, "Known server issues"), so this
-  // is reported, not counted; set to true once job commits reach the hub.
-  const liveJobEffectsRequired = false;
+  // wants them live, and job commits do reach the hub, so it is checked.
   final liveEnd = DateTime.now().add(const Duration(seconds: 3));
   while (!jobsDone(store) && DateTime.now().isBefore(liveEnd)) {
     await Future<void>.delayed(const Duration(milliseconds: 50));
   }
-  if (liveJobEffectsRequired) {
-    check('job effects reached the live device', () => expect(jobsDone(store), () => compareStores(store, serverView!)!));
-  } else if (!jobsDone(store)) {
-    stdout.writeln('  WARN job effects did not reach the live WebSocket within 3 s: '
-        '${compareStores(store, serverView!)}');
-  }
+  check('job effects reached the live device', () => expect(jobsDone(store), () => compareStores(store, serverView!)!));
+
   await checkAsync('after reconnecting to more = false the local copy equals a fresh full HTTP pull', () async {
     String? diff;
     for (var attempt = 1; attempt <= 10; attempt++) {
