@@ -9,6 +9,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,11 +54,14 @@ def server_process(database_url: str, *, extra_env: dict[str, str] | None = None
     port = free_port()
     env = {**os.environ, "FIELDSYNC_DATABASE_URL": database_url, "FIELDSYNC_JWT_SECRET": SECRET,
            "FIELDSYNC_PULL_MAX_LIMIT": "20000", **(extra_env or {})}
+    # The log goes to a file: a pipe nobody reads fills after ~150 access-log lines and
+    # then blocks the server in the middle of a benchmark.
+    log = tempfile.NamedTemporaryFile(prefix="fieldsync-bench-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, proc)
+        wait_ready(base, proc, Path(log.name))
         yield (base, proc.pid) if with_pid else base
     finally:
         proc.terminate()
@@ -65,13 +69,15 @@ def server_process(database_url: str, *, extra_env: dict[str, str] | None = None
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
+        os.unlink(log.name)
 
 
-def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+def wait_ready(base: str, proc: subprocess.Popen, log: Path | None = None, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:] if log else proc.returncode}")
         try:
             if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
                 return

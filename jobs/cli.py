@@ -71,13 +71,22 @@ def _publisher(settings: Settings) -> Callable[[int, int, frozenset[str]], None]
     """Publish each job commit on the web processes' change channel, as they publish theirs."""
     import redis
 
+    from server import metrics
     from server.fanout import Notice
 
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
     channel = f"{settings.redis_prefix}:changes"
 
     def publish(tenant_id: int, seq: int, buckets: frozenset[str]) -> None:
-        client.publish(channel, Notice.of_commit(tenant_id, seq, buckets).pack())
+        data = Notice.of_commit(tenant_id, seq, buckets).pack()
+        for attempt in (1, 2):  # the second gets a fresh connection after Redis restarted
+            try:
+                client.publish(channel, data)
+                metrics.PUBLISHED.inc()
+                return
+            except redis.RedisError as exc:
+                # The job's work is committed; web processes find it by their log poll.
+                log.warning("publishing a job commit failed (attempt %d): %s", attempt, exc)
 
     return publish
 

@@ -75,8 +75,10 @@ def build_services(settings: Settings) -> Services:
     registry = jobs.registry  # build_registry() with the jobs' sink: handlers enqueue after commit
     reader = Reader(db, registry, CursorCodec(settings.jwt_secret),
                     default_limit=settings.pull_limit, max_limit=settings.pull_max_limit)
-    fanout: MemoryFanout | RedisFanout = MemoryFanout()
-    if settings.redis_url:
+    fanout: MemoryFanout | RedisFanout
+    if not settings.redis_url:
+        fanout = MemoryFanout(db, safety_interval=settings.poll_interval * RedisFanout.SAFETY_POLLS)
+    else:
         fanout = RedisFanout(settings.redis_url, db, channel=f"{settings.redis_prefix}:changes",
                              poll_interval=settings.poll_interval)
     return Services(

@@ -30,7 +30,7 @@ class Settings:
     ws_idle_timeout: float = 300.0  # close a WebSocket that sent nothing for this long
     ws_slow_timeout: float = 30.0  # close a WebSocket whose frames stay unread this long
     redis_prefix: str = "fieldsync"  # channel and key prefix: several deployments can share a Redis
-    poll_interval: float = 2.0  # log polling period while Redis is unreachable
+    poll_interval: float = 2.0  # log polling period while Redis is unreachable; 15x it otherwise
     ws_impl: str = "websockets-sansio"  # uvicorn's WebSocket protocol: no tasks per connection of its own
     # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks, but its
     # zlib state costs ~40 KB per session: turn it off for many mostly idle sessions.
@@ -63,6 +63,7 @@ class Settings:
             min_protocol=_int(env, "MIN_PROTOCOL", 1),
             ws_idle_timeout=float(env.get("FIELDSYNC_WS_IDLE_TIMEOUT") or 300),
             ws_slow_timeout=float(env.get("FIELDSYNC_WS_SLOW_TIMEOUT") or 30),
+            poll_interval=float(env.get("FIELDSYNC_POLL_INTERVAL") or 2),
             redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "websockets-sansio",
             ws_deflate=(env.get("FIELDSYNC_WS_DEFLATE") or "1") not in ("0", "false", "no"),

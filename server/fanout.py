@@ -62,20 +62,72 @@ Listener = Callable[[Notice], None]
 Resync = Callable[[], Awaitable[None]]  # re-check what notices would have said (revocations)
 
 
+class LogWatch:
+    """What a process knows of the log heads, and a check against the database: the log is
+    the truth, notices only a wake-up, so a lost notice is found here."""
+
+    def __init__(self, db: Database, listener: Listener, tenants: Callable[[], Iterable[int]],
+                 resync: Resync | None) -> None:
+        self._db, self._listener, self._tenants, self._resync = db, listener, tenants, resync
+        self._seen: dict[int, int] = {}
+
+    def heard(self, notice: Notice) -> None:
+        self._seen[notice.tenant_id] = max(self._seen.get(notice.tenant_id, 0), notice.seq)
+
+    async def catch_up(self, resync: bool = False) -> None:
+        """Wake the sessions of any tenant whose log head moved past what we last heard;
+        with ``resync``, also re-check what revocation notices may have been missed."""
+        if resync and self._resync is not None:
+            await self._resync()
+        tenants = list(self._tenants())
+        if not tenants:
+            return
+        async with self._db.read() as conn:
+            heads = dict((await conn.execute(
+                sa.select(log_head.c.tenant_id, log_head.c.seq).where(log_head.c.tenant_id.in_(tenants))
+            )).all())
+        for tenant, seq in heads.items():
+            if seq > self._seen.get(tenant, 0):
+                self._seen[tenant] = seq
+                self._listener(Notice(tenant, seq, None, at=time.time()))
+
+    async def poll(self, interval: float, due: Callable[[int], bool]) -> None:
+        """Every ``interval``, catch up when ``due(tick)`` says so."""
+        ticks = 0
+        while True:
+            await asyncio.sleep(interval)
+            ticks += 1
+            if due(ticks):
+                try:
+                    await self.catch_up(resync=True)
+                except Exception as exc:  # noqa: BLE001 - the database may be away too; try next tick
+                    log.debug("log poll failed: %s", exc)
+
+
 class MemoryFanout:
-    """One process: notices go straight to the local listener."""
+    """One process: notices go straight to the local listener. A slow poll of the log finds
+    what other processes on the same database wrote (``fieldsync import``, a worker)."""
 
     fallback = False
 
-    def __init__(self) -> None:
+    def __init__(self, db: Database | None = None, *, safety_interval: float = 30.0) -> None:
+        self._db = db
+        self.safety_interval = safety_interval
         self._listener: Listener | None = None
+        self._watch: LogWatch | None = None
+        self._task: asyncio.Task | None = None
 
     async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]],
                     resync: Resync | None = None) -> None:
         self._listener = listener
+        if self._db is not None:
+            self._watch = LogWatch(self._db, listener, tenants, resync)
+            self._task = asyncio.create_task(self._watch.poll(self.safety_interval, lambda tick: True))
 
     async def publish(self, notice: Notice) -> None:
         metrics.PUBLISHED.inc()
+        if self._watch is not None:
+            self._watch.heard(notice)
         if self._listener is not None:
             metrics.RECEIVED.inc()
             self._listener(notice)
@@ -85,6 +137,10 @@ class MemoryFanout:
 
     async def stop(self) -> None:
         self._listener = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class RedisFanout:
@@ -103,14 +159,17 @@ class RedisFanout:
         self.fallback = False
         self._on_mode = on_mode or (lambda active: None)
         self._tasks: list[asyncio.Task] = []
-        self._seen: dict[int, int] = {}
-        self._resync: Resync | None = None
+        self._watch: LogWatch | None = None
 
     async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]],
                     resync: Resync | None = None) -> None:
-        self._listener, self._tenants = listener, tenants
-        self._resync = resync
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+        self._listener = listener
+        self._watch = LogWatch(self._db, listener, tenants, resync)
+        # Every poll interval while Redis is away; now and then even when it is up, since
+        # a notice whose publish failed is lost to every process in pub/sub mode.
+        due = lambda tick: self.fallback or tick % self.SAFETY_POLLS == 0  # noqa: E731
+        self._tasks = [asyncio.create_task(self._listen()),
+                       asyncio.create_task(self._watch.poll(self.poll_interval, due))]
 
     async def publish(self, notice: Notice) -> None:
         data = notice.pack()
@@ -156,7 +215,7 @@ class RedisFanout:
                     await pubsub.subscribe(self.channel)
                     self._set_fallback(False)
                     delay = 0.2
-                    await self._catch_up(resync=True)  # anything committed while we were not listening
+                    await self._watch.catch_up(resync=True)  # anything committed while we were not listening
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._deliver(message["data"])
@@ -173,36 +232,6 @@ class RedisFanout:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             log.warning("ignored a malformed notice: %s", exc)
             return
-        self._seen[notice.tenant_id] = max(self._seen.get(notice.tenant_id, 0), notice.seq)
+        self._watch.heard(notice)
         metrics.RECEIVED.inc()
         self._listener(notice)
-
-    async def _poll(self) -> None:
-        """Every poll interval while Redis is away; now and then even when it is up, since
-        a notice whose publish failed is lost to every process in pub/sub mode."""
-        ticks = 0
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            ticks += 1
-            if self.fallback or ticks % self.SAFETY_POLLS == 0:
-                try:
-                    await self._catch_up(resync=True)
-                except Exception as exc:  # noqa: BLE001 - the database may be away too; try next tick
-                    log.debug("log poll failed: %s", exc)
-
-    async def _catch_up(self, resync: bool = False) -> None:
-        """Wake the sessions of any tenant whose log head moved past what we last heard;
-        with ``resync``, also re-check what revocation notices may have been missed."""
-        if resync and self._resync is not None:
-            await self._resync()
-        tenants = list(self._tenants())
-        if not tenants:
-            return
-        async with self._db.read() as conn:
-            heads = dict((await conn.execute(
-                sa.select(log_head.c.tenant_id, log_head.c.seq).where(log_head.c.tenant_id.in_(tenants))
-            )).all())
-        for tenant, seq in heads.items():
-            if seq > self._seen.get(tenant, 0):
-                self._seen[tenant] = seq
-                self._listener(Notice(tenant, seq, None, at=time.time()))
