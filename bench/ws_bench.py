@@ -45,6 +45,9 @@ class Device:
         self.frames: list[tuple[float, dict]] = []
         self.live = asyncio.Event()
         self.ws = None
+        self.watch: str | None = None  # a tag to time: when a frame first carries it
+        self.hit: float | None = None
+        self.hit_event = asyncio.Event()
 
     async def connect(self) -> None:
         self.ws = await websockets.connect(self.url, additional_headers={"Authorization": f"Bearer {self.token}"},
@@ -56,7 +59,11 @@ class Device:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for raw in self.ws:
                 frame = msgpack.unpackb(raw, raw=False)
-                self.frames.append((time.perf_counter(), frame))
+                arrived = time.perf_counter()
+                self.frames.append((arrived, frame))
+                if self.watch is not None and self.hit is None and frame_has(frame, self.watch):
+                    self.hit = arrived
+                    self.hit_event.set()
                 if frame.get("t") == "changes":
                     self.cursor = frame["cursor"]
                     if not frame["more"]:
@@ -137,15 +144,13 @@ async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -
             started = time.perf_counter()
             (await http.get("/healthz")).raise_for_status()
             health.append((time.perf_counter() - started) * 1000)
-        marks = [len(d.frames) for d in devices]
+        for d in devices:  # each device notes when the change reached it; no polling scan here
+            d.watch = "B0x"
         started = time.perf_counter()
         await rename(http, tokens["admin"], [7], "B0x")
-        deadline = time.perf_counter() + 30
-        while time.perf_counter() < deadline and not all(
-                any(frame_has(f, "B0x") for _, f in d.frames[m:]) for d, m in zip(devices, marks)):
-            await asyncio.sleep(0.02)
-    delays = [(next(t for t, f in d.frames[m:] if frame_has(f, "B0x")) - started) * 1000
-              for d, m in zip(devices, marks) if any(frame_has(f, "B0x") for _, f in d.frames[m:])]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(d.hit_event.wait() for d in devices)), 30)
+    delays = [(d.hit - started) * 1000 for d in devices if d.hit is not None]
     await asyncio.gather(*(d.close() for d in devices))
     return {"sessions": sessions, "connect_s": connect_s, "kb_per_session": (after - before) * 1024 / sessions,
             "rss_mb": after, "healthz_ms_p50": median(health), "received": len(delays),

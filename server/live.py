@@ -141,9 +141,14 @@ class Hub:
             self._rounds[tenant_id] = asyncio.get_running_loop().create_task(self._run(tenant_id))
 
     async def _run(self, tenant_id: int) -> None:
+        # The first round after a quiet spell starts at once (a lone commit is not delayed);
+        # notices arriving while it runs are coalesced into the next round, which waits a
+        # moment so the rest of a burst joins it.
+        wait = 0.0
         try:
             while True:
-                await asyncio.sleep(self.coalesce_s)
+                await asyncio.sleep(wait)
+                wait = self.coalesce_s
                 ready = [s for s in self.sessions.get(tenant_id, ()) if s.dirty and s.is_live() and s.has_room()]
                 if not ready:
                     return
