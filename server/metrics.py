@@ -1,6 +1,6 @@
 """Every Prometheus metric fieldsync exports, defined here and nowhere else.
 
-Several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set (the Procfile does), every ``web``
+Several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set (see docs/operations.md), every ``web``
 process and the worker write their samples there and any one ``/metrics`` serves the sum;
 without it each process serves its own registry. No label takes unbounded values: routes
 are templates, datasets and mutation names come from the registry, codes from ErrorCode.
