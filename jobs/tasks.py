@@ -12,12 +12,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 from huey import crontab
 from huey.api import TaskWrapper
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ENQUEUED, SIGNAL_ERROR
 
 from server import metrics
-from sync import compaction
+from sync import compaction, hot
+from sync.storage import log_head
 
 from . import dashboards, failures, invoices, notices, reports
 
@@ -36,6 +38,7 @@ class Tasks:
     dashboards_periodic: TaskWrapper
     compact_log: TaskWrapper
     sweep_pending: TaskWrapper
+    hot_snapshots: TaskWrapper
 
 
 def define_tasks(jobs: Jobs) -> Tasks:
@@ -103,7 +106,20 @@ def _periodic(jobs: Jobs) -> tuple[TaskWrapper, ...]:
         jobs.report_queue()
         return jobs.sweep(settings.sweep_after)
 
-    return dashboards_periodic, compact_log, sweep_pending
+    @huey.periodic_task(crontab(minute="*/5"), name="hot_snapshots")
+    def hot_snapshots() -> int:
+        """Pre-build the snapshot pages of shared datasets (catalog, each branch's stock), so
+        a reconnect storm of fresh devices reads pages instead of running the same query."""
+        async def build_all(db: Any) -> int:
+            async with db.read() as conn:
+                tenants = (await conn.execute(sa.select(log_head.c.tenant_id))).scalars().all()
+            return sum([await hot.build(db, jobs.registry, tenant) for tenant in tenants])
+
+        pages = jobs.run(build_all)
+        log.info("hot snapshots: %d pages built", pages)
+        return pages
+
+    return dashboards_periodic, compact_log, sweep_pending, hot_snapshots
 
 
 def _observe(jobs: Jobs) -> None:

@@ -19,9 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .changes import now_ms
+from . import hot
 from .cursor import Cursor, CursorCodec
 from .messages import PROTOCOL_VERSION, DatasetBatch, PullResponse
-from .schema import Dataset, Principal, Registry
+from .schema import Dataset, Principal, Registry, Scope
 from .storage import Database, change_log, log_head
 
 _CHUNK = 500
@@ -104,7 +105,7 @@ class Reader:
             batch = Batch()
             cursor = self._resume(principal, raw_cursor, horizon, head, now, datasets, values, batch, not_before)
             if cursor.snap:
-                await self._snapshot_page(conn, principal, cursor, datasets, values, batch, limit, now)
+                await self._snapshot_page(conn, principal, cursor, datasets, values, batch, limit, now, horizon)
                 more = bool(cursor.snap) or cursor.seq < head
             else:
                 more = await self._changes(conn, principal, cursor, datasets, values, batch, head, limit, now, shared)
@@ -148,7 +149,7 @@ class Reader:
 
     async def _snapshot_page(self, conn: AsyncConnection, principal: Principal, cursor: Cursor,
                              datasets: dict[str, Dataset], values: dict[str, list[Any]],
-                             batch: Batch, limit: int, now: int) -> None:
+                             batch: Batch, limit: int, now: int, horizon: int) -> None:
         while cursor.snap and batch.rows < limit:
             ds = datasets[cursor.snap[0]]
             scope = ds.scopes[principal.role]
@@ -156,6 +157,10 @@ class Reader:
                 batch.reset.append(ds.name)
                 cursor.datasets[ds.name] = _state(ds, values[ds.name])
             want = limit - batch.rows
+            if await _hot_page(conn, principal.tenant_id, ds, scope, values[ds.name], cursor, batch, want, horizon):
+                continue
+            if isinstance(cursor.after, list):  # was paging pre-built pages: go on from its last key
+                cursor.after = cursor.after[0]
             key = ds.table.c[ds.key]
             query = (
                 sa.select(*(ds.table.c[c] for c in ds.columns))
@@ -289,6 +294,34 @@ async def _shared_entries(conn: AsyncConnection, tenant_id: int, buckets: list[s
     if len(found) > limit:
         return None
     return [(bucket, key) for _, bucket, key in sorted(found)]
+
+
+async def _hot_page(conn: AsyncConnection, tenant_id: int, ds: Dataset, scope: Scope, values: list[Any],
+                    cursor: Cursor, batch: Batch, want: int, horizon: int) -> bool:
+    """Serve the next pre-built page of a hot dataset, if there is one that fits.
+
+    ``cursor.after`` is ``[last key, page seq, next page]`` while pages are served. The
+    cursor moves back to the page's position: changes since it follow as changes.
+    """
+    if not hot.eligible(ds, scope):
+        return False
+    if cursor.after is None:
+        seq, number = None, 0
+    elif isinstance(cursor.after, list):
+        _, seq, number = cursor.after
+    else:
+        return False  # paging live rows already
+    page = await hot.read_page(conn, tenant_id, ds, hot.scope_key(ds, scope, values), number)
+    if page is None or (seq is not None and page.seq != seq) or page.seq < horizon or len(page.rows) > want:
+        return False
+    cursor.seq = min(cursor.seq, page.seq)
+    batch.put(ds, page.rows)
+    if page.last:
+        cursor.snap.pop(0)
+        cursor.after = None
+    else:
+        cursor.after = [page.rows[-1][ds.columns.index(ds.key)], page.seq, number + 1]
+    return True
 
 
 def _typed(ds: Dataset, keys: list[str]) -> list[Any]:

@@ -134,6 +134,7 @@ class Dataset:
     scopes: Mapping[str, Scope]
     key: str = "id"
     priority: int = 100  # lower first in a snapshot: customers before a 100k-row catalog
+    hot: bool = False  # shared by many devices: snapshot pages are pre-built (sync/hot.py)
 
     def __post_init__(self) -> None:
         missing = [c for c in (*self.columns, self.key) if c not in self.table.c]

@@ -47,6 +47,22 @@ change_log = sa.Table(
     sa.Index("ix_change_log_seq", "tenant_id", "seq"),
     sa.Index("ix_change_log_key", "tenant_id", "bucket", "key"),
 )
+# Pre-built snapshot pages of datasets many devices share (the catalog, a branch's stock):
+# the rows of one scope read in one snapshot at log position ``seq``, in key order.
+hot_pages = sa.Table(
+    "hot_pages",
+    metadata,
+    sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("dataset", sa.String(64), primary_key=True),
+    sa.Column("scope", sa.String(32), primary_key=True),  # hash of the scope and its partition values
+    sa.Column("page", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),  # rows in this page
+    sa.Column("pages", sa.Integer, nullable=False),  # pages in this build
+    sa.Column("rows", sa.LargeBinary, nullable=False),  # msgpack array of row arrays
+    sa.Column("built_at", sa.BigInteger, nullable=False),
+)
+
 PUT, REMOVE = 1, 0
 
 mutation_ledger = sa.Table(

@@ -86,7 +86,7 @@ DATASETS = [
         "stock", stock,
         ("id", "product_id", "on_hand", "reserved", "negative"),
         {"salesperson": BRANCH, "pos": BRANCH},
-        priority=30,
+        priority=30, hot=True,
     ),
     Dataset(
         "orders", orders,
@@ -128,6 +128,6 @@ DATASETS = [
         "catalog", products,
         ("id", "sku", "name", "category", "unit", "barcode"),
         {role: Scope(where={"active": True}) for role in ("salesperson", "pos")},
-        priority=90,
+        priority=90, hot=True,
     ),
 ]
