@@ -228,10 +228,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--only", default="latency,idle,sustained,storm")
+    parser.add_argument("--sessions", type=int, default=None, help="idle sessions (default 10,000; smoke 100)")
     args = parser.parse_args()
     size = dict(products=2000, samples=20, sessions=100, sus_devices=5, sus_s=2, storm=50, storm_changes=1000) \
         if args.smoke else dict(products=2000, samples=300, sessions=10_000, sus_devices=100, sus_s=10,
                                storm=2000, storm_changes=10_000)
+    if args.sessions:
+        size["sessions"] = args.sessions
     only = set(args.only.split(","))
     env = {"FIELDSYNC_REDIS_URL": REDIS, "FIELDSYNC_REDIS_PREFIX": f"bench-{uuid.uuid4().hex[:8]}"}
     with scratch_database() as url:
