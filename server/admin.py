@@ -136,11 +136,9 @@ async def write(request: Request) -> Response:
     if not isinstance(keys, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
         raise BadRequest("`delete` must be an array of integer ids")
     counts = await apply(services.db, services.registry, principal.tenant_id, name, rows, keys)
-    if name == "users":  # deactivated users lose their live sessions at once
-        for row in rows:
-            if row.get("active") is False:
-                await services.fanout.publish(Notice(principal.tenant_id, revoke_user=row["id"]))
-    if name in ("users", "branches"):  # scope parameters (a user's branch, a branch's pricelist) changed
+    if name in ("users", "branches"):
+        # Sessions re-read their user: a new branch or pricelist resets what it affects, and a
+        # deactivated user (or one whose role changed) is closed at once.
         await services.fanout.publish(Notice(principal.tenant_id, 0, None, rescope=True))
     return JSONResponse(counts) if is_json else msgpack_response(counts)
 

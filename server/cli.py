@@ -205,7 +205,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
                 chunk = rows[start:start + args.batch]
                 await apply(db, registry, tenant_id, args.table, chunk, [])
                 bar.update(len(chunk))
-        await db.analyze([registry.tables[args.table].table] if args.table in registry.tables else [])
+        await db.analyze([WRITABLE[args.table][0]])
         return len(rows)
 
     try:

@@ -127,9 +127,7 @@ def _health(row: Any, head: int, now: int) -> DeviceHealth:
 async def record_ack(db: Database, principal: Principal, client_id: str, seq: int) -> None:
     """Store a WebSocket ack and observe ``fieldsync_device_lag_positions`` (head − acked):
     the device-lag histogram, fed without one series per device."""
-    await device_registry.acknowledge(db, principal, client_id, seq)
-    async with db.read() as conn:
-        head = await conn.scalar(sa.select(log_head.c.seq).where(log_head.c.tenant_id == principal.tenant_id)) or 0
+    head = await device_registry.acknowledge(db, principal, client_id, seq)
     metrics.DEVICE_LAG.observe(max(0, head - seq))
 
 

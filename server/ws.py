@@ -103,10 +103,11 @@ class Session:
         self.close_code = code.close
         # Bounded: a device that reads nothing never makes room for these frames.
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.send_bytes(wire.pack({"t": "error", "code": code.value, "message": message})),
-                                   CLOSE_SEND_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_SEND_TIMEOUT_S):
+                await self.ws.send_bytes(wire.pack({"t": "error", "code": code.value, "message": message}))
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.ws.close(code.close, message[:120]), CLOSE_SEND_TIMEOUT_S)
+            async with asyncio.timeout(CLOSE_SEND_TIMEOUT_S):
+                await self.ws.close(code.close, message[:120])
 
     # -- the connection ----------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import sqlalchemy as sa
 from .changes import now_ms
 from .errors import RevokedError
 from .schema import Principal
-from .storage import Database, devices
+from .storage import Database, devices, log_head
 
 _TOUCH_EVERY_MS = 30_000  # last_seen is for humans; do not write on every pull
 
@@ -43,12 +43,14 @@ async def touch(db: Database, principal: Principal, client_id: str, *, force: bo
     return enrolled
 
 
-async def acknowledge(db: Database, principal: Principal, client_id: str, seq: int) -> None:
-    """The device says its data is stored up to ``seq`` (for lag monitoring)."""
+async def acknowledge(db: Database, principal: Principal, client_id: str, seq: int) -> int:
+    """The device says its data is stored up to ``seq`` (for lag monitoring); returns the
+    tenant's log head, read in the same transaction, so the caller can tell the lag."""
     async with db.write() as conn:
         await conn.execute(sa.update(devices).where(
             devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id,
         ).values(acked_seq=seq, last_seen=now_ms()))
+        return await conn.scalar(sa.select(log_head.c.seq).where(log_head.c.tenant_id == principal.tenant_id)) or 0
 
 
 async def set_revoked(db: Database, tenant_id: int, client_id: str, revoked: bool) -> bool:

@@ -54,7 +54,8 @@ async def read_page(conn: AsyncConnection, tenant_id: int, ds: Dataset, key: str
 
 
 async def build(db: Database, registry: Registry, tenant_id: int, *, page_rows: int = PAGE_ROWS) -> int:
-    """(Re)build the pages of every hot dataset's scopes for a tenant; returns pages written."""
+    """(Re)build the pages of every hot dataset's scope whose pages are older than the log
+    head; returns the pages written."""
     written = 0
     for ds in registry.datasets.values():
         seen: set[str] = set()
@@ -82,8 +83,12 @@ async def _partitions(db: Database, tenant_id: int, ds: Dataset, scope: Scope) -
 
 async def _build_scope(db: Database, tenant_id: int, ds: Dataset, scope: Scope, values: list[Any], key: str,
                        page_rows: int) -> int:
+    where = (hot_pages.c.tenant_id == tenant_id, hot_pages.c.dataset == ds.name, hot_pages.c.scope == key)
     async with db.read() as conn:  # rows and position from one snapshot
         seq = await conn.scalar(sa.select(log_head.c.seq).where(log_head.c.tenant_id == tenant_id)) or 0
+        built = await conn.scalar(sa.select(hot_pages.c.seq).where(*where, hot_pages.c.page == 0))
+        if built == seq:  # nothing was committed since the last build: its pages stand
+            return 0
         rows = [list(r) for r in await conn.execute(
             sa.select(*(ds.table.c[c] for c in ds.columns))
             .where(ds.table.c.tenant_id == tenant_id, scope.clause(ds.table, values, now_ms()))
@@ -91,7 +96,6 @@ async def _build_scope(db: Database, tenant_id: int, ds: Dataset, scope: Scope, 
     pages = [rows[start:start + page_rows] for start in range(0, len(rows), page_rows)] or [[]]
     now = now_ms()
     async with db.write() as conn:
-        where = (hot_pages.c.tenant_id == tenant_id, hot_pages.c.dataset == ds.name, hot_pages.c.scope == key)
         await conn.execute(sa.delete(hot_pages).where(*where))
         await conn.execute(sa.insert(hot_pages), [
             {"tenant_id": tenant_id, "dataset": ds.name, "scope": key, "page": n, "seq": seq, "count": len(page),

@@ -37,6 +37,8 @@ async def test_fresh_devices_get_prebuilt_pages_then_the_changes_since(services,
     async with services.db.read() as conn:
         built = set((await conn.execute(sa.select(hot_pages.c.dataset).distinct())).scalars())
     assert built == {"catalog", "stock"}
+    assert await hot.build(services.db, services.registry, w.tenant_id, page_rows=10) == 0, \
+        "nothing committed since: the pages stand"
 
     # written after the build: the pages still say the old name and miss the new product
     await admin_write(services.db, services.registry, w.tenant_id, "products",
