@@ -7,7 +7,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -19,12 +19,13 @@ from sync.errors import SyncError
 from sync.push import Pusher
 from sync.reader import Reader
 from sync.schema import Registry
+from sync.shared_pulls import SharedPulls
 from sync.storage import Database
 
 from jobs.config import JobSettings
 from jobs.runner import Jobs
 
-from . import admin, device_health, http, ws
+from . import admin, device_health, http, metrics, ws
 from . import documents
 from .fanout import MemoryFanout, Notice, RedisFanout
 from .live import Hub
@@ -49,6 +50,9 @@ class Services:
     hub: Hub
     fanout: MemoryFanout | RedisFanout
     jobs: Jobs | None = None  # background jobs: enqueued after commits, consumed here in the embedded default
+    # A reconnect storm: WebSocket devices at one cursor share each catch-up batch. Not HTTP
+    # pulls: a batch read before a device's own push would hide it from its next pull.
+    shared_pulls: SharedPulls = field(default_factory=lambda: SharedPulls(on_result=metrics.count_shared_pull))
 
     async def start_live(self) -> None:
         """Connect fan-out: local commits are published, every notice wakes the hub."""

@@ -48,6 +48,8 @@ PUBLISHED = Counter("fieldsync_pubsub_published_total", "Change notices publishe
 RECEIVED = Counter("fieldsync_pubsub_received_total", "Change notices received.")
 FALLBACK = _gauge("fieldsync_fanout_fallback", "1 while live delivery polls the log because Redis is away.",
                   mode="max")
+SHARED_PULLS = Counter("fieldsync_shared_pulls_total",
+                       "Catch-up batches computed, or shared with a device at the same cursor.", ("outcome",))
 LIVE_ROUNDS = Histogram("fieldsync_live_round_seconds", "Time to build and queue one wake-up's frames.",
                         buckets=LATENCY)
 JOBS_ENQUEUED = Counter("fieldsync_jobs_enqueued_total", "Jobs enqueued.", ("task",))
@@ -59,6 +61,10 @@ JOBS_QUEUE = _gauge("fieldsync_jobs_queue_depth", "Jobs waiting in the queue.", 
 DB_IN_USE = _gauge("fieldsync_db_pool_in_use", "Database connections checked out.")
 DB_WAIT = Histogram("fieldsync_db_acquire_seconds", "Time to get a database connection from the pool.",
                     buckets=LATENCY)
+
+
+def count_shared_pull(shared: bool) -> None:
+    SHARED_PULLS.labels("shared" if shared else "computed").inc()
 
 
 def exposition() -> tuple[bytes, str]:

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from sync import devices, messages, wire
 from sync.errors import AuthError, BadRequest, ErrorCode, SyncError
 from sync.schema import Principal
+from sync.shared_pulls import pull_key
 
 from . import metrics
 from .auth import bearer, principal_for
@@ -67,6 +68,7 @@ class Session:
         self.claims: dict = {}
         self.close_code: int | None = None
         self.not_before: int | None = None
+        self.joined_at = 0.0  # when the hub started waking this session (monotonic)
         self.frames_sent = self.bytes_sent = 0
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_FRAMES)
         self._main: asyncio.Task | None = None
@@ -122,6 +124,7 @@ class Session:
         try:
             await self._handshake()
             hub.add(self)
+            self.joined_at = time.monotonic()
             await self._catch_up()
             self.step(State.LIVE)
             if self.dirty:
@@ -174,15 +177,22 @@ class Session:
         self.step(State.CATCHING_UP)
 
     async def _catch_up(self) -> None:
+        reader, principal = self.services.reader, self.principal
         while True:
-            batch = await self.services.reader.pull(self.principal, self.cursor, not_before=self.not_before)
-            frame = wire.pack({"t": "changes", **{k: v for k, v in batch.items() if k != "v"}})
+            # Terminals reconnecting together at one cursor share each batch and its encoding.
+            cursor, not_before = self.cursor, self.not_before
+            batch, frame, read_at = await self.services.shared_pulls.run(
+                ("ws", pull_key(principal, cursor, None, not_before)),
+                lambda: _changes_frame(reader, principal, cursor, not_before))
             count_sent(batch, len(frame), "ws")
             await self._queue.put(frame)
             self.cursor = batch["cursor"]
             if batch["reset"]:
                 self.buckets = await self.services.reader.buckets(self.principal)
             if not batch["more"]:
+                # A shared batch may have been read before this session joined the hub: a
+                # commit in between woke no one here, so the first live round checks.
+                self.dirty = self.dirty or read_at < self.joined_at
                 return
 
     async def _receive_loop(self) -> None:
@@ -286,6 +296,14 @@ class Session:
     async def _refresh_buckets(self) -> None:
         with contextlib.suppress(Exception):
             self.buckets = await self.services.reader.buckets(self.principal)
+
+
+async def _changes_frame(reader: Any, principal: Principal, cursor: bytes | None,
+                         not_before: int | None) -> tuple[dict, bytes, float]:
+    """A catch-up batch, its frame, and when its read began."""
+    read_at = time.monotonic()
+    batch = await reader.pull(principal, cursor, not_before=not_before)
+    return batch, wire.pack({"t": "changes", **{k: v for k, v in batch.items() if k != "v"}}), read_at
 
 
 async def rescope(session: Session) -> None:

@@ -397,6 +397,50 @@ async def test_a_burst_of_writes_coalesces(services, world, launch):
     await till.close()
 
 
+async def test_a_reconnect_storm_shares_catch_up_batches(services, world, launch):
+    """Terminals of one user, offline together at one cursor, reconnect at once while the
+    office keeps writing: each ends with the server's view, and catch-up batches were
+    computed once and shared (the metric says so) rather than once per terminal."""
+    server = await launch()
+    pos, admin = token(services, world.pos1, "pos"), token(services, world.admin, "admin")
+    seed_copy = Replica()
+    first = await connect_device(server.ws_url, pos, "till-storm-seed", seed_copy)
+    await first.close()
+    for n in range(6):  # behind by several PULL_LIMIT=25 pages of renames
+        await admin_write(server.base, admin, "products", [{"id": 1 + k, "name": f"storm {n}-{k}"} for k in range(20)])
+    copies = [Replica() for _ in range(12)]
+    for copy in copies:
+        copy.cursor = seed_copy.cursor
+        copy.data = {name: dict(rows) for name, rows in seed_copy.data.items()}
+
+    async def reconnect(n: int) -> WsClient:
+        return await connect_device(server.ws_url, pos, f"till-storm-{n}", copies[n])
+
+    writing = asyncio.create_task(admin_write(server.base, admin, "products", [{"id": 2, "name": "during the storm"}]))
+    tills = await asyncio.gather(*(reconnect(n) for n in range(len(copies))))
+    await writing
+    for till, copy in zip(tills, copies):
+        await converge(till, copy, lambda: fresh_pull(server.base, pos))
+        await till.close()
+    text = await metrics_of(server)
+    shared = metric(text, "fieldsync_shared_pulls_total", 'outcome="shared"')
+    computed = metric(text, "fieldsync_shared_pulls_total", 'outcome="computed"')
+    assert shared > computed, f"catch-up batches: {computed} computed, {shared} shared"
+
+    # A late-comer is served batches read before it joined, and a commit came in between:
+    # the commit's notice woke no one for it, so it must still get that change live.
+    early, late = Replica(), Replica()
+    for copy in (early, late):
+        copy.cursor = seed_copy.cursor
+        copy.data = {name: dict(rows) for name, rows in seed_copy.data.items()}
+    await (await connect_device(server.ws_url, pos, "till-early", early)).close()
+    await admin_write(server.base, admin, "products", [{"id": 4, "name": "between the two"}])
+    straggler = await connect_device(server.ws_url, pos, "till-late", late)
+    await converge(straggler, late, lambda: fresh_pull(server.base, pos), timeout=3)
+    assert late.rows("catalog")[4]["name"] == "between the two"
+    await straggler.close()
+
+
 async def test_a_new_product_reaches_live_devices(services, world, launch):
     """A product created by the office without naming ``active`` (the column has a server
     default, true) is in the catalog of a fresh pull, so it must reach live devices too.
