@@ -154,6 +154,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .migrations import pending, upgrade
+    from .ws_deflate import SharedDeflateProtocol
 
     async def prepare(db: Database) -> bool:
         if settings.embedded:
@@ -171,7 +172,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     print(f"get a token with `fieldsync token sales1`, then POST msgpack to {where}/sync/pull", flush=True)
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", log_config=None, access_log=False, ws_max_size=settings.max_body_bytes,
-                ws=settings.ws_impl, ws_per_message_deflate=settings.ws_deflate)
+                ws=SharedDeflateProtocol if settings.ws_impl == "fieldsync" else settings.ws_impl,
+                ws_per_message_deflate=settings.ws_deflate)
     return 0
 
 

@@ -31,9 +31,11 @@ class Settings:
     ws_slow_timeout: float = 30.0  # close a WebSocket whose frames stay unread this long
     redis_prefix: str = "fieldsync"  # channel and key prefix: several deployments can share a Redis
     poll_interval: float = 2.0  # log polling period while Redis is unreachable; 15x it otherwise
-    ws_impl: str = "websockets-sansio"  # uvicorn's WebSocket protocol: no tasks per connection of its own
-    # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks, but its
-    # zlib state costs ~40 KB per session: turn it off for many mostly idle sessions.
+    # The WebSocket protocol: "fieldsync" is uvicorn's sans-I/O one (no tasks per connection of
+    # its own) with permessage-deflate compressing each frame once for every session it goes
+    # to (server/ws_deflate.py); any of uvicorn's names ("websockets", "wsproto") also works.
+    ws_impl: str = "fieldsync"
+    # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks.
     ws_deflate: bool = True
     metrics: bool = True  # FIELDSYNC_METRICS=0: no request metrics/access log/DB instrumentation (benchmarks)
     extra: dict[str, str] = field(default_factory=dict)
@@ -65,7 +67,7 @@ class Settings:
             ws_slow_timeout=float(env.get("FIELDSYNC_WS_SLOW_TIMEOUT") or 30),
             poll_interval=float(env.get("FIELDSYNC_POLL_INTERVAL") or 2),
             redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
-            ws_impl=env.get("FIELDSYNC_WS_IMPL") or "websockets-sansio",
+            ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",
             ws_deflate=(env.get("FIELDSYNC_WS_DEFLATE") or "1") not in ("0", "false", "no"),
             metrics=(env.get("FIELDSYNC_METRICS") or "1") not in ("0", "false", "no"),
         )

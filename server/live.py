@@ -24,6 +24,7 @@ from sync.storage import Database
 
 from . import metrics
 from .fanout import Notice
+from .ws_deflate import SharedTail
 
 log = logging.getLogger("fieldsync.live")
 
@@ -166,11 +167,16 @@ class Hub:
         shared = await SharedReads.at_head(self.db, tenant_id)
         batches = await pull_group(self.reader, [(s.principal, s.cursor) for s in ready], shared)
         packed: dict[int, bytes] = {}  # devices of one group share the data object: encode it once
+        frames: dict[tuple, SharedTail] = {}  # and devices at one cursor the whole frame
         for session, batch in zip(ready, batches):
             session.dirty = session.dirty or batch["more"]
             if batch["data"] or batch["reset"]:
                 data = packed.setdefault(id(batch["data"]), wire.pack(batch["data"]))
-                frame = wire.pack_changes(batch["cursor"], batch["more"], batch["reset"], data)
+                key = (id(data), batch["cursor"], batch["more"], tuple(batch["reset"]))
+                frame = frames.get(key)
+                if frame is None:  # the shared tail is deflated once for all (server/ws_deflate.py)
+                    head = wire.changes_head(batch["cursor"], batch["more"], batch["reset"])
+                    frame = frames[key] = SharedTail(head, data)
                 session.offer(frame, bool(batch["reset"]))
                 count_sent(batch, len(frame), "ws")
                 if committed is not None:

@@ -26,8 +26,13 @@ def pack(obj: Any) -> bytes:
 def pack_changes(cursor: bytes, more: bool, reset: list[str], packed_data: bytes) -> bytes:
     """A ``changes`` frame around ``data`` packed once and shared by many devices; equal,
     byte for byte, to ``pack({"t": "changes", "cursor": ..., "more": ..., "reset": ..., "data": ...})``."""
+    return changes_head(cursor, more, reset) + packed_data
+
+
+def changes_head(cursor: bytes, more: bool, reset: list[str]) -> bytes:
+    """The bytes of a ``changes`` frame before its packed ``data``."""
     head = b"\x85" + pack("t") + pack("changes") + pack("cursor") + pack(cursor) + pack("more") + pack(more)
-    return head + pack("reset") + pack(reset) + pack("data") + packed_data
+    return head + pack("reset") + pack(reset) + pack("data")
 
 
 def unpack(data: bytes, *, max_size: int) -> Any:
