@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median, percentile, scratch_database, server_process  # noqa: E402
 from bench.http_sync_bench import prepare  # noqa: E402
+from bench.raw_ws import RawDevice  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/0"
 
@@ -75,7 +76,7 @@ class Device:
             self.reader.cancel()
 
 
-async def connect_all(devices: list[Device], parallel: int = 200) -> float:
+async def connect_all(devices: list[Device] | list[RawDevice], parallel: int = 200) -> float:
     started = time.perf_counter()
     for start in range(0, len(devices), parallel):
         group = devices[start:start + parallel]
@@ -134,7 +135,8 @@ async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -
     users = ["pos1", "pos2", "pos3", "pos4"]
     cursors = {u: await caught_up_cursor(base, tokens[u]) for u in users}
     before = rss_mb(pid)
-    devices = [Device(base, tokens[users[i % 4]], cursors[users[i % 4]]) for i in range(sessions)]
+    devices = [RawDevice(base, tokens[users[i % 4]], cursors[users[i % 4]], f"bench-{uuid.uuid4().hex[:10]}")
+               for i in range(sessions)]
     connect_s = await connect_all(devices)
     await asyncio.sleep(1)
     after = rss_mb(pid)
@@ -145,13 +147,14 @@ async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -
             (await http.get("/healthz")).raise_for_status()
             health.append((time.perf_counter() - started) * 1000)
         for d in devices:  # each device notes when the change reached it; no polling scan here
-            d.watch = "B0x"
+            d.watch = b"B0x"
         started = time.perf_counter()
         await rename(http, tokens["admin"], [7], "B0x")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(d.hit_event.wait() for d in devices)), 30)
     delays = [(d.hit - started) * 1000 for d in devices if d.hit is not None]
-    await asyncio.gather(*(d.close() for d in devices))
+    for d in devices:
+        d.close()
     return {"sessions": sessions, "connect_s": connect_s, "kb_per_session": (after - before) * 1024 / sessions,
             "rss_mb": after, "healthz_ms_p50": median(health), "received": len(delays),
             "broadcast_p50": median(delays) if delays else None, "broadcast_p99": percentile(delays, 99) if delays else None}
@@ -208,7 +211,8 @@ async def storm(base: str, tokens: dict, devices_n: int, changes: int) -> dict:
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         for n in range(0, changes, 500):
             await rename(http, tokens["admin"], list(range(1 + n % 1500, 1 + n % 1500 + 500)), f"S{n}x")
-    devices = [Device(base, tokens[users[i % 4]], cursors[users[i % 4]]) for i in range(devices_n)]
+    devices = [RawDevice(base, tokens[users[i % 4]], cursors[users[i % 4]], f"bench-{uuid.uuid4().hex[:10]}")
+               for i in range(devices_n)]
     started = time.perf_counter()
     results = await asyncio.gather(*(d.connect() for d in devices), return_exceptions=True)
     failed = sum(isinstance(r, Exception) for r in results)
@@ -217,8 +221,9 @@ async def storm(base: str, tokens: dict, devices_n: int, changes: int) -> dict:
     elapsed = time.perf_counter() - started
     for wait in pending:
         wait.cancel()
-    errors = sum(1 for d in devices for _, f in d.frames if f.get("t") == "error")
-    await asyncio.gather(*(d.close() for d in devices))
+    errors = sum(d.errors for d in devices)
+    for d in devices:
+        d.close()
     return {"devices": devices_n, "behind_by_changes": changes, "caught_up": len(done),
             "all_caught_up_s": elapsed if not pending else None, "waited_s": elapsed,
             "connect_failures": failed, "error_frames": errors}

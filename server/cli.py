@@ -154,7 +154,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from .migrations import pending, upgrade
-    from .ws_deflate import SharedDeflateProtocol
+    from .ws_protocol import SharedDeflateProtocol
 
     async def prepare(db: Database) -> bool:
         if settings.embedded:
@@ -173,7 +173,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", log_config=None, access_log=False, ws_max_size=settings.max_body_bytes,
                 ws=SharedDeflateProtocol if settings.ws_impl == "fieldsync" else settings.ws_impl,
-                ws_per_message_deflate=settings.ws_deflate)
+                ws_per_message_deflate=settings.ws_protocol)
     return 0
 
 

@@ -24,7 +24,7 @@ from sync.storage import Database
 
 from . import metrics
 from .fanout import Notice
-from .ws_deflate import SharedTail
+from .ws_protocol import SharedTail
 
 log = logging.getLogger("fieldsync.live")
 
@@ -174,7 +174,7 @@ class Hub:
                 data = packed.setdefault(id(batch["data"]), wire.pack(batch["data"]))
                 key = (id(data), batch["cursor"], batch["more"], tuple(batch["reset"]))
                 frame = frames.get(key)
-                if frame is None:  # the shared tail is deflated once for all (server/ws_deflate.py)
+                if frame is None:  # the shared tail is deflated once for all (server/ws_protocol.py)
                     head = wire.changes_head(batch["cursor"], batch["more"], batch["reset"])
                     frame = frames[key] = SharedTail(head, data)
                 session.offer(frame, bool(batch["reset"]))

@@ -2,7 +2,7 @@
 
 A session moves HANDSHAKE → CATCHING_UP → LIVE → CLOSING and nowhere else. Catch-up uses
 the same :meth:`Reader.pull` as HTTP; live frames come from the :class:`~server.live.Hub`.
-Outbound frames go through a small bounded queue drained by one sender task; a device that
+Outbound frames go through a small bounded outbox (:mod:`server.outbox`); a device that
 stops reading fills it, is marked behind, and catches up from the log when it drains (or is
 closed with SLOW_CLIENT after a timeout).
 """
@@ -28,6 +28,7 @@ from .auth import bearer, principal_for
 from .device_health import record_ack
 from .http import record_results
 from .live import count_sent
+from .outbox import Outbox
 
 log = logging.getLogger("fieldsync.ws")
 
@@ -63,14 +64,13 @@ class Session:
         self.cursor: bytes | None = None
         self.buckets: frozenset[str] = frozenset()
         self.dirty = False
-        self.behind_since: float | None = None
         self.token_exp = float("inf")
         self.claims: dict = {}
         self.close_code: int | None = None
         self.not_before: int | None = None
         self.joined_at = 0.0  # when the hub started waking this session (monotonic)
-        self.frames_sent = self.bytes_sent = 0
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue(QUEUE_FRAMES)
+        self.outbox = Outbox(websocket.send_bytes, limit=QUEUE_FRAMES, slow_after=services.settings.ws_slow_timeout,
+                             on_drained=self._drained, on_stalled=self._give_up)
         self._main: asyncio.Task | None = None
 
     # -- state ---------------------------------------------------------------------
@@ -86,15 +86,14 @@ class Session:
         return self.state is State.LIVE
 
     def has_room(self) -> bool:
-        """False marks the session behind: it gets no frame until its queue drains."""
-        if self._queue.full():
-            self.behind_since = self.behind_since or time.monotonic()
-            self.dirty = True
-            return False
-        return True
+        """False marks the session behind: it gets no frame until its outbox drains."""
+        if self.outbox.has_room():
+            return True
+        self.dirty = True
+        return False
 
     def offer(self, frame: bytes, reset: bool = False) -> None:
-        self._queue.put_nowait(frame)
+        self.outbox.offer(frame)
         if reset:  # the device's scope changed: refresh what wakes it
             asyncio.get_running_loop().create_task(self._refresh_buckets())
 
@@ -119,7 +118,6 @@ class Session:
         metrics.WS_OPENED.inc()
         metrics.WS_SESSIONS.labels(self.state.value).inc()
         opened = time.monotonic()
-        sender = asyncio.create_task(self._send_loop())
         hub = self.services.hub
         try:
             await self._handshake()
@@ -141,9 +139,7 @@ class Session:
         finally:
             if self.principal is not None:
                 hub.remove(self)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sender
+            await self.outbox.close()
             self._ended(opened)
 
     def _ended(self, opened: float) -> None:
@@ -152,8 +148,8 @@ class Session:
         metrics.WS_CLOSED.labels(code).inc()
         log.info("session ended", extra={"fields": {
             "route": "/sync/ws", "user": getattr(self.principal, "user_id", None), "device": self.client_id,
-            "close": code, "seconds": round(time.monotonic() - opened, 1), "frames": self.frames_sent,
-            "bytes": self.bytes_sent}})
+            "close": code, "seconds": round(time.monotonic() - opened, 1), "frames": self.outbox.frames_sent,
+            "bytes": self.outbox.bytes_sent}})
 
     async def _handshake(self) -> None:
         frame = await self._next_frame(HELLO_TIMEOUT_S)
@@ -185,7 +181,7 @@ class Session:
                 ("ws", pull_key(principal, cursor, None, not_before)),
                 lambda: _changes_frame(reader, principal, cursor, not_before))
             count_sent(batch, len(frame), "ws")
-            await self._queue.put(frame)
+            await self.outbox.put(frame)
             self.cursor = batch["cursor"]
             if batch["reset"]:
                 self.buckets = await self.services.reader.buckets(self.principal)
@@ -201,7 +197,7 @@ class Session:
             frame = await self._next_frame(idle)
             kind = frame.get("t")
             if kind == "ping":
-                await self._queue.put(wire.pack({"t": "pong"}))
+                await self.outbox.put(wire.pack({"t": "pong"}))
             elif kind == "push":
                 await self._push(frame)
             elif kind == "ack":
@@ -250,7 +246,7 @@ class Session:
             return
         results = await self.services.pusher.push(self.principal, self.client_id, mutations)
         record_results(self.services.registry, mutations, results)
-        await self._queue.put(wire.pack({"t": "results", "results": results}))
+        await self.outbox.put(wire.pack({"t": "results", "results": results}))
 
     async def _ack(self, frame: dict) -> None:
         cursor = frame.get("cursor")
@@ -261,35 +257,16 @@ class Session:
         await record_ack(self.services.db, self.principal, self.client_id, decoded.seq)
 
     async def _error(self, code: ErrorCode, message: str) -> None:
-        await self._queue.put(wire.pack({"t": "error", "code": code.value, "message": message}))
+        await self.outbox.put(wire.pack({"t": "error", "code": code.value, "message": message}))
 
-    async def _send_loop(self) -> None:
-        slow_after = self.services.settings.ws_slow_timeout
-        while True:
-            try:
-                async with asyncio.timeout(slow_after if self.behind_since else None):
-                    frame = await self._queue.get()
-            except asyncio.TimeoutError:
-                frame = None
-            if self.behind_since is not None and time.monotonic() - self.behind_since > slow_after:
-                return await self._give_up(slow_after)
-            if frame is None:
-                continue
-            try:
-                async with asyncio.timeout(slow_after):
-                    await self.ws.send_bytes(frame)
-            except asyncio.TimeoutError:  # the socket stayed full: the device reads nothing
-                return await self._give_up(slow_after)
-            self.frames_sent += 1
-            self.bytes_sent += len(frame)
-            if self.behind_since is not None and self._queue.empty():
-                self.behind_since = None  # drained: catch up from the log
-                self.services.hub.wake(self.principal.tenant_id)
+    def _drained(self) -> None:
+        """The outbox emptied after the device fell behind: catch it up from the log."""
+        self.services.hub.wake(self.principal.tenant_id)
 
-    async def _give_up(self, slow_after: float) -> None:
+    async def _give_up(self) -> None:
         """Close a device that stopped reading, and end its session even though the
         receive side, waiting for frames the device will never send, would not notice."""
-        await self.close_for(ErrorCode.SLOW_CLIENT, f"frames not read for {slow_after:.0f}s")
+        await self.close_for(ErrorCode.SLOW_CLIENT, f"frames not read for {self.outbox.slow_after:.0f}s")
         if self._main is not None and not self._main.done():
             self._main.cancel()
 

@@ -86,6 +86,7 @@ class Reader:
         self.cursors = cursors
         self.default_limit = default_limit
         self.max_limit = max_limit
+        self._bucket_sets: dict[frozenset[str], frozenset[str]] = {}
 
     async def pull(self, principal: Principal, raw_cursor: bytes | None, limit: int | None = None,
                    shared: SharedReads | None = None, not_before: int | None = None) -> PullResponse:
@@ -120,7 +121,10 @@ class Reader:
                 spec = ds.scopes[principal.role].spec(ds.table.name)
                 values = await _values(conn, ds, principal, None) if spec.partition else [None]
                 found.update(spec.bucket(v) for v in values)
-        return frozenset(found)
+        buckets = frozenset(found)
+        if len(self._bucket_sets) > 4096:
+            self._bucket_sets.clear()
+        return self._bucket_sets.setdefault(buckets, buckets)  # live sessions of one scope share one set
 
     def _resume(self, principal: Principal, raw: bytes | None, horizon: int, head: int, now: int,
                 datasets: dict[str, Dataset], values: dict[str, list[Any]], batch: Batch,

@@ -1,4 +1,4 @@
-"""``server.ws_deflate``: what it sends decodes, with the websockets library's own client
+"""``server.ws_protocol``: what it sends decodes, with the websockets library's own client
 extension, to exactly the frame the server meant; and its cache stays bounded."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from websockets.frames import Frame, Opcode
 
 OP_BINARY, OP_PING = Opcode.BINARY, Opcode.PING
 
-from server import ws_deflate
-from server.ws_deflate import CompressedCache, SharedDeflateFactory, SharedTail
+from server import ws_protocol
+from server.ws_protocol import CompressedCache, SharedDeflateFactory, SharedTail
 
 
 def negotiated():
@@ -50,7 +50,7 @@ def test_shared_tail_frames_decode_to_head_and_tail(head, tail, repeat):
 def test_plain_frames_decode_to_themselves(payload):
     sent, received = roundtrip(payload)
     assert received == payload
-    assert sent.rsv1 == (len(payload) >= ws_deflate.SMALL)
+    assert sent.rsv1 == (len(payload) >= ws_protocol.SMALL)
 
 
 def test_control_frames_pass_untouched():
@@ -61,7 +61,7 @@ def test_control_frames_pass_untouched():
 
 def test_a_shared_payload_is_compressed_once():
     data = b"catalog rows " * 500
-    before = ws_deflate.CACHE.misses
+    before = ws_protocol.CACHE.misses
     outputs = set()
     for n in range(20):  # twenty sessions, each with its own cursor in the head
         server_side, client_side, _ = negotiated()
@@ -69,7 +69,7 @@ def test_a_shared_payload_is_compressed_once():
         sent = server_side.encode(Frame(OP_BINARY, frame))
         assert client_side.decode(sent).data == frame
         outputs.add(bytes(sent.data[5 + len(b"head %d" % n):]))  # after the stored head block
-    assert ws_deflate.CACHE.misses - before == 1 and len(outputs) == 1
+    assert ws_protocol.CACHE.misses - before == 1 and len(outputs) == 1
 
 
 def test_the_cache_keeps_within_its_bounds():

@@ -1,4 +1,5 @@
-"""permessage-deflate that compresses a frame once, whichever sessions it goes to.
+"""uvicorn's WebSocket protocol, made lighter for many sessions: permessage-deflate that
+compresses a frame once, whichever sessions it goes to, and a small receive queue.
 
 A catalog price change is one frame for the 5,000 terminals of a chain, and a reconnect
 storm sends the same catch-up batches to every terminal of a shop (both are shared
@@ -17,6 +18,7 @@ small frames (no dictionary carried over from the previous message).
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import zlib
 from collections import OrderedDict
@@ -128,12 +130,78 @@ class SharedDeflateFactory(ServerPerMessageDeflateFactory):
                                        plain.compress_settings)
 
 
+class Inbox:
+    """What uvicorn needs of its per-connection receive queue, in a list and one future:
+    an ``asyncio.Queue`` is four deques, ~3 KB per idle session."""
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+        self._waiter: asyncio.Future | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class SharedDeflateProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with :class:`SharedDeflateFactory` as its
-    only extension (uvicorn builds its own factory, with context takeover)."""
+    only extension (uvicorn builds its own factory, with context takeover), and a lighter
+    receive queue."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.queue = Inbox()  # type: ignore[assignment]
+        self.writable = Flag()  # type: ignore[assignment]
+        self.writable.set()
         if self.config.ws_per_message_deflate:
             self.conn = ServerProtocol(extensions=[SharedDeflateFactory()], max_size=self.config.ws_max_size,
                                        logger=self.logger)
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            self.request = self.response = None  # the handshake's headers (~3 KB) are done with
+
+
+class Flag:
+    """What uvicorn needs of its ``writable`` event, without the event's deque."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters = (self._waiters or []) + [waiter]
+        await waiter
