@@ -1,7 +1,10 @@
-"""``server.ws_protocol``: what it sends decodes, with the websockets library's own client
-extension, to exactly the frame the server meant; and its cache stays bounded."""
+"""``server.ws_protocol`` and ``server.outbox``: what the shared deflate sends decodes, with
+the websockets library's own client extension, to exactly the frame the server meant; its
+cache stays bounded; the lighter queue, event and outbox keep their promises."""
 
 from __future__ import annotations
+
+import asyncio
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +14,8 @@ from websockets.frames import Frame, Opcode
 OP_BINARY, OP_PING = Opcode.BINARY, Opcode.PING
 
 from server import ws_protocol
-from server.ws_protocol import CompressedCache, SharedDeflateFactory, SharedTail
+from server.outbox import Outbox
+from server.ws_protocol import CompressedCache, Flag, Inbox, SharedDeflateFactory, SharedTail
 
 
 def negotiated():
@@ -80,3 +84,82 @@ def test_the_cache_keeps_within_its_bounds():
     huge = bytes(range(256)) * 1000  # more than a quarter of the budget: compressed, not kept
     cache.compress(huge, 12, {"memLevel": 5})
     assert all(key[1] is not huge for key in cache._items)
+
+
+# -- the lighter per-connection parts ---------------------------------------------------------------
+
+async def test_inbox_hands_items_over_in_order_and_wakes_a_waiting_reader():
+    inbox = Inbox()
+    reader = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait("connect")
+    inbox.put_nowait("receive")
+    assert await reader == "connect"
+    assert not inbox.empty() and await inbox.get() == "receive" and inbox.empty()
+
+
+async def test_flag_releases_every_waiter_when_set():
+    flag = Flag()
+    waiters = [asyncio.create_task(flag.wait()) for _ in range(3)]
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters)
+    flag.set()
+    await asyncio.gather(*waiters)
+    flag.clear()
+    assert not flag.is_set()
+
+
+class Socket:
+    """A socket stand-in that records what is sent and can be told to stop accepting."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.open = asyncio.Event()
+        self.open.set()
+
+    async def send(self, frame: bytes) -> None:
+        await self.open.wait()
+        self.sent.append(frame)
+
+
+def outbox_on(socket: Socket, slow_after: float = 0.2):
+    events: list[str] = []
+
+    async def stalled() -> None:
+        events.append("stalled")
+
+    box = Outbox(socket.send, limit=2, slow_after=slow_after, on_drained=lambda: events.append("drained"),
+                 on_stalled=stalled)
+    return box, events
+
+
+async def test_outbox_sends_in_order_and_holds_no_task_while_idle():
+    socket = Socket()
+    box, events = outbox_on(socket)
+    for n in range(5):
+        await box.put(b"%d" % n)
+    await asyncio.sleep(0.01)
+    assert socket.sent == [b"0", b"1", b"2", b"3", b"4"] and box.frames_sent == 5
+    assert box._sender is None and events == []
+
+
+async def test_outbox_marks_a_device_behind_then_catches_it_up_when_drained():
+    socket = Socket()
+    socket.open.clear()  # the device stops reading
+    box, events = outbox_on(socket, slow_after=5)
+    box.offer(b"a")
+    box.offer(b"b")
+    assert not box.has_room() and box.behind_since is not None
+    socket.open.set()
+    await asyncio.sleep(0.01)
+    assert socket.sent == [b"a", b"b"] and box.behind_since is None and events == ["drained"]
+
+
+async def test_outbox_gives_up_on_a_socket_that_accepts_nothing():
+    socket = Socket()
+    socket.open.clear()
+    box, events = outbox_on(socket, slow_after=0.05)
+    box.offer(b"a")
+    await asyncio.sleep(0.2)
+    assert events == ["stalled"] and socket.sent == []
+    await box.close()
