@@ -127,8 +127,22 @@ async def latency(a: str, b: str, tokens: dict, samples: int) -> dict:
             after_reply.append((arrived - replied) * 1000)
             await asyncio.sleep(0.01)
     await device.close()
+    async with httpx.AsyncClient(base_url=b) as http:
+        text = (await http.get("/metrics")).text
     return {"p50": median(times), "p99": percentile(times, 99), "samples": samples,
-            "reply_p50": median(after_reply), "reply_p99": percentile(after_reply, 99)}
+            "reply_p50": median(after_reply), "reply_p99": percentile(after_reply, 99),
+            "round_ms": mean_of(text, "fieldsync_live_round_seconds") * 1000,
+            "queued_ms": mean_of(text, "fieldsync_commit_to_device_seconds") * 1000}
+
+
+def mean_of(metrics_text: str, histogram: str) -> float:
+    """The mean of a Prometheus histogram in one process's exposition (sum / count)."""
+    values = {}
+    for line in metrics_text.splitlines():
+        for part in ("_sum", "_count"):
+            if line.startswith(histogram + part + " "):
+                values[part] = float(line.split()[-1])
+    return values["_sum"] / values["_count"] if values.get("_count") else float("nan")
 
 
 async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -> dict:
@@ -250,7 +264,8 @@ def main() -> None:
                 r = asyncio.run(latency(a, b, tokens, size["samples"]))
                 print(f"commit-to-device via Redis, written on A, delivered by B ({r['samples']} samples): "
                       f"from the write request p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms; from the write's "
-                      f"reply (after its commit) p50 {r['reply_p50']:.2f} ms p99 {r['reply_p99']:.2f} ms")
+                      f"reply (after its commit) p50 {r['reply_p50']:.2f} ms p99 {r['reply_p99']:.2f} ms; in B, "
+                      f"mean live round {r['round_ms']:.2f} ms, mean commit-to-frame-queued {r['queued_ms']:.2f} ms")
         with server_process(url, extra_env=env, with_pid=True) as (base, pid):
             if "idle" in only:
                 r = asyncio.run(idle_and_broadcast(base, pid, tokens, size["sessions"]))

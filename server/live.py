@@ -1,9 +1,9 @@
 """Live delivery inside one process: which sessions a notice wakes, and one read per wake-up.
 
 Each tenant has at most one *round* running: it waits a moment so bursts coalesce (100
-commits in 10 ms give a device one frame, not 100), reads the log head once, builds every
-woken session's batch with reads shared between them (:class:`sync.reader.SharedReads`), and
-queues the frames. A session whose queue is full is *behind*: it gets nothing more until it
+commits in 10 ms give a device one frame, not 100), then builds every woken session's batch
+in one read transaction, with reads shared between them (:class:`sync.reader.SharedReads`),
+and queues the frames. A session whose queue is full is *behind*: it gets nothing more until it
 drains, then catches up from the log; memory stays bounded whatever the clients do.
 """
 
@@ -18,7 +18,7 @@ from typing import Protocol
 
 from sync import wire
 from sync.groups import pull_group
-from sync.reader import Reader, SharedReads
+from sync.reader import Reader
 from sync.schema import Principal
 from sync.storage import Database
 
@@ -27,6 +27,8 @@ from .fanout import Notice
 from .ws_protocol import SharedTail
 
 log = logging.getLogger("fieldsync.live")
+
+RETRY_ROUND_S = 1.0  # after a round failed on the database
 
 
 def count_sent(batch: dict, size: int, framing: str) -> None:
@@ -164,8 +166,17 @@ class Hub:
         for session in ready:
             session.dirty = False
         committed = self._oldest.pop(tenant_id, None)
-        shared = await SharedReads.at_head(self.db, tenant_id)
-        batches = await pull_group(self.reader, [(s.principal, s.cursor) for s in ready], shared)
+        try:
+            batches = await pull_group(self.reader, tenant_id, [(s.principal, s.cursor) for s in ready])
+        except Exception:
+            # The database failed this round (restarting, say): the sessions keep what woke
+            # them, and the hub tries again in a moment rather than at the next commit.
+            for session in ready:
+                session.dirty = True
+            if committed is not None:
+                self._oldest[tenant_id] = committed
+            asyncio.get_running_loop().call_later(RETRY_ROUND_S, self.wake, tenant_id)
+            raise
         packed: dict[int, bytes] = {}  # devices of one group share the data object: encode it once
         frames: dict[tuple, SharedTail] = {}  # and devices at one cursor the whole frame
         for session, batch in zip(ready, batches):

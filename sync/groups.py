@@ -17,21 +17,27 @@ from .reader import WINDOW_STEP_MS, Reader, SharedReads, _state, _values
 from .schema import Principal
 
 
-async def pull_group(reader: Reader, members: Sequence[tuple[Principal, bytes | None]],
-                     shared: SharedReads) -> list[PullResponse]:
-    """The next batch of each ``(principal, cursor)``, in order."""
+async def pull_group(reader: Reader, tenant_id: int,
+                     members: Sequence[tuple[Principal, bytes | None]]) -> list[PullResponse]:
+    """The next batch of each ``(principal, cursor)`` of one tenant, in order, all read in
+    one snapshot."""
+    async with reader.db.read() as conn:
+        return await _pull_group(reader, members, await SharedReads.begin(conn, tenant_id))
+
+
+async def _pull_group(reader: Reader, members: Sequence[tuple[Principal, bytes | None]],
+                      shared: SharedReads) -> list[PullResponse]:
     now = reader.clock()
     results: list[PullResponse | None] = [None] * len(members)
     groups: dict[tuple, list[tuple[int, Cursor]]] = {}
     loners: list[int] = []
-    async with reader.db.read() as conn:
-        for index, (principal, raw) in enumerate(members):
-            cursor = reader.cursors.decode(raw) if raw else None
-            key = await _key(conn, reader, principal, cursor, shared, now) if cursor else None
-            if key is None:
-                loners.append(index)
-            else:
-                groups.setdefault(key, []).append((index, cursor))
+    for index, (principal, raw) in enumerate(members):
+        cursor = reader.cursors.decode(raw) if raw else None
+        key = await _key(shared.conn, reader, principal, cursor, shared, now) if cursor else None
+        if key is None:
+            loners.append(index)
+        else:
+            groups.setdefault(key, []).append((index, cursor))
     for index in loners:
         principal, raw = members[index]
         results[index] = await reader.pull(principal, raw, None, shared)

@@ -53,23 +53,25 @@ class Batch:
 
 
 class SharedReads:
-    """Reads shared by the live sessions woken together for one tenant.
+    """One read transaction shared by the live sessions woken together for one tenant.
 
-    They all see the same head; entries of a bucket and current rows are read once and
-    served to every session that needs them, so 5,000 terminals on one catalog cost one
-    query per round, not 5,000.
+    They all see one snapshot and its head; entries of a bucket and current rows are read
+    once and served to every session that needs them, so 5,000 terminals on one catalog
+    cost one query per round, not 5,000, and a round is one transaction, not one per
+    session (a transaction's BEGIN, COMMIT and pool check-out are most of a small pull).
     """
 
-    def __init__(self, head: tuple[int, int]) -> None:
+    def __init__(self, conn: AsyncConnection, head: tuple[int, int]) -> None:
+        self.conn = conn
         self.head = head
         self.entries: dict[str, tuple[int, list[tuple[int, str]]]] = {}  # bucket -> (after, [(seq, key)])
         self.rows: dict[tuple[str, str], dict[str, Any] | None] = {}  # (table, key) -> current row
         self.values: dict[tuple[str, str, int], list[Any]] = {}  # (dataset, role, user) -> partition values
 
     @classmethod
-    async def at_head(cls, db: Database, tenant_id: int) -> SharedReads:
-        async with db.read() as conn:
-            return cls(await _head(conn, tenant_id))
+    async def begin(cls, conn: AsyncConnection, tenant_id: int) -> SharedReads:
+        """Shared reads in ``conn``'s snapshot (a ``db.read()`` transaction)."""
+        return cls(conn, await _head(conn, tenant_id))
 
 
 WINDOW_STEP_MS = 60_000  # time windows are re-applied at most this often per device
@@ -90,26 +92,29 @@ class Reader:
 
     async def pull(self, principal: Principal, raw_cursor: bytes | None, limit: int | None = None,
                    shared: SharedReads | None = None, not_before: int | None = None) -> PullResponse:
-        """The next batch for this device. ``shared`` (live fan-out) fixes the head and
-        shares reads between the sessions of one wake-up; a cursor last refreshed before
-        ``not_before`` (the device was re-enrolled) starts over with a full snapshot."""
-        limit = min(limit or self.default_limit, self.max_limit)
+        """The next batch for this device, read in one snapshot. ``shared`` (a live round)
+        shares that snapshot and its reads with the round's other sessions; a cursor last
+        refreshed before ``not_before`` (the device was re-enrolled) starts over with a
+        full snapshot."""
+        if shared is not None:
+            return await self._pull(shared.conn, principal, raw_cursor, limit, shared, not_before)
         async with self.db.read() as conn:
-            head, horizon = await _head(conn, principal.tenant_id)
-            if shared:
-                # The round's head keeps its sessions in step; the horizon must come from this
-                # snapshot, since compaction may have raised it and deleted entries since.
-                head = min(head, shared.head[0])
-            now = self.clock()
-            datasets = {ds.name: ds for ds in self.registry.for_role(principal.role)}
-            values = {name: await _values(conn, ds, principal, shared) for name, ds in datasets.items()}
-            batch = Batch()
-            cursor = self._resume(principal, raw_cursor, horizon, head, now, datasets, values, batch, not_before)
-            if cursor.snap:
-                await self._snapshot_page(conn, principal, cursor, datasets, values, batch, limit, now, horizon)
-                more = bool(cursor.snap) or cursor.seq < head
-            else:
-                more = await self._changes(conn, principal, cursor, datasets, values, batch, head, limit, now, shared)
+            return await self._pull(conn, principal, raw_cursor, limit, None, not_before)
+
+    async def _pull(self, conn: AsyncConnection, principal: Principal, raw_cursor: bytes | None, limit: int | None,
+                    shared: SharedReads | None, not_before: int | None) -> PullResponse:
+        limit = min(limit or self.default_limit, self.max_limit)
+        head, horizon = shared.head if shared is not None else await _head(conn, principal.tenant_id)
+        now = self.clock()
+        datasets = {ds.name: ds for ds in self.registry.for_role(principal.role)}
+        values = {name: await _values(conn, ds, principal, shared) for name, ds in datasets.items()}
+        batch = Batch()
+        cursor = self._resume(principal, raw_cursor, horizon, head, now, datasets, values, batch, not_before)
+        if cursor.snap:
+            await self._snapshot_page(conn, principal, cursor, datasets, values, batch, limit, now, horizon)
+            more = bool(cursor.snap) or cursor.seq < head
+        else:
+            more = await self._changes(conn, principal, cursor, datasets, values, batch, head, limit, now, shared)
         return {"v": PROTOCOL_VERSION, "cursor": self.cursors.encode(cursor), "more": more,
                 "reset": batch.reset, "data": batch.data}
 
@@ -279,22 +284,22 @@ def _entries_statement(buckets: int) -> sa.Select:
 
 async def _shared_entries(conn: AsyncConnection, tenant_id: int, buckets: list[str], after: int, head: int,
                           limit: int, shared: SharedReads) -> list[tuple[str, str]] | None:
-    """Entries of each bucket in (after, head], read once per wake-up; None when a bucket
-    holds more than ``limit`` of them (a catch-up, paged the usual way)."""
-    log = change_log.c
-    found: list[tuple[int, str, str]] = []
-    for bucket in buckets:
-        cached = shared.entries.get(bucket)
-        if cached is None or cached[0] > after:
-            rows = (await conn.execute(
-                sa.select(log.seq, log.key)
-                .where(log.tenant_id == tenant_id, log.bucket == bucket, log.seq > after, log.seq <= head)
-                .order_by(log.seq).limit(limit + 1)
-            )).all()
-            if len(rows) > limit:
-                return None
-            cached = shared.entries[bucket] = (after, [(seq, key) for seq, key in rows])
-        found += [(seq, bucket, key) for seq, key in cached[1] if seq > after]
+    """Entries of each bucket in (after, head], read once per wake-up (the buckets no
+    session of the round has read yet, in one statement); None when there are more than
+    ``limit`` of them (a catch-up, paged the usual way)."""
+    missing = [b for b in buckets if (cached := shared.entries.get(b)) is None or cached[0] > after]
+    if missing:
+        params = {"tenant": tenant_id, "after": after, "head": head, "limit": limit + 1,
+                  **{f"b{n}": bucket for n, bucket in enumerate(missing)}}
+        rows = (await conn.execute(_entries_statement(len(missing)), params)).all()
+        if len(rows) > limit:
+            return None
+        read: dict[str, list[tuple[int, str]]] = {bucket: [] for bucket in missing}
+        for bucket, key, seq in rows:  # in seq order
+            read[bucket].append((seq, key))
+        for bucket in missing:
+            shared.entries[bucket] = (after, read[bucket])
+    found = [(seq, bucket, key) for bucket in buckets for seq, key in shared.entries[bucket][1] if seq > after]
     if len(found) > limit:
         return None
     return [(bucket, key) for _, bucket, key in sorted(found)]

@@ -7,6 +7,7 @@ saying which rows a device of that role holds.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -141,11 +142,12 @@ class Dataset:
         if missing or self.key not in self.columns:
             raise ValueError(f"dataset {self.name}: bad columns {missing or self.key}")
 
-    @property
+    # Both are read on every pull: computed once (a dataset is immutable once declared).
+    @functools.cached_property
     def types(self) -> list[str]:
         return [wire_type(self.table.c[c]) for c in self.columns]
 
-    @property
+    @functools.cached_property
     def shape_hash(self) -> int:
         """Changes when columns, types, key or any scope change: such a dataset is reset."""
         scopes = sorted((role, s.partition, sorted(s.where.items()), s.window) for role, s in self.scopes.items())

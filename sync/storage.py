@@ -132,7 +132,8 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             _sqlite_transactions(self.engine)
         else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            _ping_when_idle(self.engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         read_options = {"fs_mode": "read"}
         if not self.is_sqlite:
@@ -210,6 +211,29 @@ def _is_connectivity(exc: sa.exc.DBAPIError) -> bool:
         return True
     text = str(exc.orig).lower()
     return any(s in text for s in ("connect", "closed", "terminat", "shutdown", "timeout", "locked"))
+
+
+PING_AFTER_IDLE_S = 5.0
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use only if it sat idle: a connection that worked
+    a moment ago is trusted. ``pool_pre_ping`` pings on every check-out, a round trip that
+    was a third of a small pull; this keeps its protection where it matters (a database
+    restarted, or a firewall that dropped idle connections) at a fraction of the cost."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(dbapi_conn, record) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_conn, record, proxy) -> None:
+        if time.monotonic() - record.info.get("idle_since", float("inf")) < PING_AFTER_IDLE_S:
+            return
+        try:
+            dbapi_conn.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure: the pool replaces the connection
+            raise sa.exc.DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def _sqlite_transactions(engine: AsyncEngine) -> None:

@@ -315,7 +315,7 @@ async def test_scripted_session_moves_every_counter(services, world, processes, 
     # no label takes an unbounded value: client ids, user ids, cursors never appear
     ours = [(name, dict(labels)) for name, labels in after if name.startswith("fieldsync_")]
     assert {key for _, labels in ours for key in labels} <= {
-        "route", "method", "status", "state", "code", "dataset", "framing", "name", "task", "le"}
+        "route", "method", "status", "state", "code", "dataset", "framing", "name", "task", "le", "outcome"}
     values = {value for _, labels in ours for value in labels.values()}
     assert not values & {"till-http", "till-ws", "phone-1", str(w.sales1), str(w.pos1), "/sync/pull/phone-1/x"}
     assert {labels["route"] for name, labels in ours if "route" in labels} <= {
