@@ -6,7 +6,8 @@ is half a second of the load generator's own time, measured as if it were the se
 This one does what a device needs and no more: the HTTP upgrade (offering
 permessage-deflate, as the Flutter app does), frames parsed by hand, compressed messages
 inflated with zlib, a catch-up frame read up to its ``more`` flag, and a live frame only
-searched for a tag. The server under test is the same either way.
+searched for a tag (or kept, to be decoded once the measurement is over). The server
+under test is the same either way.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ class RawDevice(asyncio.Protocol):
         self.hit_event = asyncio.Event()
         self.errors = 0
         self.closed_code: int | None = None
+        self.keep = False  # keep every live payload with its arrival time, to decode after the run
+        self.kept: list[tuple[float, bytes]] = []
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -148,6 +151,8 @@ class RawDevice(asyncio.Protocol):
                 self.cursor = head["cursor"]
                 if not head["more"]:
                     self.live.set()
+        elif self.keep:
+            self.kept.append((arrived, payload))
         elif self.watch is not None and self.hit is None and self.watch in payload:
             self.hit = arrived
             self.hit_event.set()

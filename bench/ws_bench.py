@@ -177,8 +177,10 @@ async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -
 async def sustained(base: str, tokens: dict, devices_n: int, seconds: float, batch: int) -> dict:
     """The office rewrites stock rows of one shop as fast as it can; its terminals hold them."""
     cursor = await caught_up_cursor(base, tokens["pos1"])
-    devices = [Device(base, tokens["pos1"], cursor) for _ in range(devices_n)]
+    devices = [RawDevice(base, tokens["pos1"], cursor, f"bench-{uuid.uuid4().hex[:10]}") for _ in range(devices_n)]
     await connect_all(devices)
+    for device in devices:
+        device.keep = True
     stock_ids = await shop_stock_ids(base, tokens["pos1"])
     sent: dict[int, float] = {}
     changes = 0
@@ -196,11 +198,14 @@ async def sustained(base: str, tokens: dict, devices_n: int, seconds: float, bat
         await asyncio.sleep(2)
     lags = []
     for device in devices:
-        for t, frame in device.frames:
-            for row in frame.get("data", {}).get("stock", {}).get("rows", []):
-                if row[2] in sent:  # on_hand carries the batch number
-                    lags.append((t - sent[row[2]]) * 1000)
-    await asyncio.gather(*(d.close() for d in devices))
+        device.close()
+        for t, payload in device.kept:
+            frame = msgpack.unpackb(payload, raw=False)
+            stock = frame.get("data", {}).get("stock", {})
+            column = stock.get("cols", []).index("on_hand") if stock else 0
+            for row in stock.get("rows", []):
+                if row[column] in sent:  # on_hand carries the batch number
+                    lags.append((t - sent[row[column]]) * 1000)
     return {"changes_per_s": changes / elapsed, "devices": devices_n, "delivered_rows": len(lags),
             "lag_p50": median(lags) if lags else None, "lag_p99": percentile(lags, 99) if lags else None}
 

@@ -62,7 +62,7 @@ SwitchedOff = Callable[[int, set[tuple[str, int]]], Awaitable[set[tuple[str, int
 class Hub:
     """The live sessions of this process, grouped by tenant."""
 
-    def __init__(self, db: Database, reader: Reader, *, coalesce_s: float = 0.002) -> None:
+    def __init__(self, db: Database, reader: Reader, *, coalesce_s: float = 0.010) -> None:
         self.db = db
         self.reader = reader
         self.coalesce_s = coalesce_s
