@@ -132,7 +132,20 @@ async def latency(a: str, b: str, tokens: dict, samples: int) -> dict:
     return {"p50": median(times), "p99": percentile(times, 99), "samples": samples,
             "reply_p50": median(after_reply), "reply_p99": percentile(after_reply, 99),
             "round_ms": mean_of(text, "fieldsync_live_round_seconds") * 1000,
-            "queued_ms": mean_of(text, "fieldsync_commit_to_device_seconds") * 1000}
+            "queued_ms": mean_of(text, "fieldsync_commit_to_device_seconds") * 1000,
+            "within_5ms": share_within(text, "fieldsync_commit_to_device_seconds", "0.005"),
+            "within_20ms": share_within(text, "fieldsync_commit_to_device_seconds", "0.02")}
+
+
+def share_within(metrics_text: str, histogram: str, le: str) -> float:
+    """The share of a histogram's observations at or below the bucket bound ``le``."""
+    bucket = count = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(f'{histogram}_bucket{{le="{le}"}} '):
+            bucket = float(line.split()[-1])
+        elif line.startswith(f"{histogram}_count "):
+            count = float(line.split()[-1])
+    return bucket / count if count else float("nan")
 
 
 def mean_of(metrics_text: str, histogram: str) -> float:
@@ -270,7 +283,8 @@ def main() -> None:
                 print(f"commit-to-device via Redis, written on A, delivered by B ({r['samples']} samples): "
                       f"from the write request p50 {r['p50']:.2f} ms p99 {r['p99']:.2f} ms; from the write's "
                       f"reply (after its commit) p50 {r['reply_p50']:.2f} ms p99 {r['reply_p99']:.2f} ms; in B, "
-                      f"mean live round {r['round_ms']:.2f} ms, mean commit-to-frame-queued {r['queued_ms']:.2f} ms")
+                      f"mean live round {r['round_ms']:.2f} ms, commit-to-frame-queued mean {r['queued_ms']:.2f} ms, "
+                      f"{r['within_5ms']:.0%} within 5 ms, {r['within_20ms']:.0%} within 20 ms")
         with server_process(url, extra_env=env, with_pid=True) as (base, pid):
             if "idle" in only:
                 r = asyncio.run(idle_and_broadcast(base, pid, tokens, size["sessions"]))
