@@ -6,12 +6,14 @@ Every write of the domain, the admin API and the importers goes through a
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .schema import Registry, SyncedTable
@@ -213,12 +215,43 @@ class ChangeSet:
             after = {**before, **{c: v for c, v in values.items() if not isinstance(v, sa.ClauseElement)}}
             self._record(table, [(before, after)])
         for cols, params in batches.items():
+            if len(params) >= _COPY_FROM and not self.db.is_sqlite and _unnestable(table, key, cols, params):
+                # One statement over arrays instead of one executemany row each: for 500
+                # rows, SQLAlchemy's per-row parameter handling was most of the write.
+                arrays = {c: [p[c] for p in params] for c in ("_key", *cols)}
+                await self.conn.execute(_unnest_update(table, key, cols), {"tenant": self.tenant_id, **arrays})
+                continue
             statement = (
                 sa.update(table)
                 .where(table.c.tenant_id == self.tenant_id, table.c[key] == sa.bindparam("_key"))
                 .values({c: sa.bindparam(c) for c in cols})
             )
             await self.conn.execute(statement, params)
+
+
+_ARRAY_SAFE = (sa.Integer, sa.String, sa.Boolean, sa.Float, sa.Numeric)  # bound as PostgreSQL arrays as they are
+
+
+def _unnestable(table: sa.Table, key: str, cols: tuple[str, ...], params: list[dict[str, Any]]) -> bool:
+    """Plain column types only (a JSON value would need its own encoding inside an
+    array), and each key once: ``UPDATE … FROM`` applies one of duplicate matches, not the last."""
+    if not all(isinstance(table.c[c].type, _ARRAY_SAFE) for c in (key, *cols)):
+        return False
+    return len({p["_key"] for p in params}) == len(params)
+
+
+@functools.lru_cache(maxsize=64)
+def _unnest_update(table: sa.Table, key: str, cols: tuple[str, ...]) -> sa.Update:
+    """``UPDATE t SET c = v.c FROM unnest(:_key, :c, …) AS v(_key, c, …) WHERE t.key = v._key``,
+    built once per table and column set."""
+    arrays = [sa.cast(sa.bindparam(c), postgresql.ARRAY(table.c[key if c == "_key" else c].type))
+              for c in ("_key", *cols)]
+    rows = sa.func.unnest(*arrays).table_valued(*("_key", *cols)).render_derived(name="v")
+    return (
+        sa.update(table)
+        .where(table.c.tenant_id == sa.bindparam("tenant"), table.c[key] == rows.c["_key"])
+        .values({c: rows.c[c] for c in cols})
+    )
 
 
 def _bump_versions(synced: SyncedTable, before: Mapping[str, Any], values: dict[str, Any]) -> None:

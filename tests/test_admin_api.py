@@ -347,3 +347,31 @@ async def test_admin_edit_of_a_versioned_field_is_a_server_change(services, clie
                                             {"customer_id": 2, "base_version": 0, "fields": {"phone": "+2 666"}})])
     assert result["code"] == "CONFLICT", result
     assert (await row(services, customers, 2))["phone"] == "+1 555"
+
+
+async def test_bulk_batches_write_and_log_like_single_rows(services, client):
+    """Batches of 50 rows and more take the bulk paths on PostgreSQL (log entries by COPY,
+    updates over arrays): the rows, the log and a synced device end exactly as with small
+    batches; a batch naming a key twice keeps the last values, as row by row."""
+    w = await seed(services, products_count=150)
+    bearer = admin_token(services, w)
+    pos = HttpSync(client, token(services, w.pos1, "pos"), "till-bulk")
+    await pos.sync()
+    renames = [{"id": n, "name": f"bulk {n}", "active": n % 3 != 0} for n in range(1, 121)]
+    response, decoded = await admin_post(client, "products", {"upsert": renames}, bearer)
+    assert response.status_code == 200, decoded
+    twice = [{"id": n, "name": f"first {n}"} for n in range(1, 60)] + [{"id": 5, "name": "last wins"}]
+    response, decoded = await admin_post(client, "products", {"upsert": twice}, bearer)
+    assert response.status_code == 200, decoded
+
+    expected = {n: (f"first {n}" if n < 60 else f"bulk {n}", n % 3 != 0) for n in range(1, 121)}
+    expected[5] = ("last wins", True)
+    async with services.db.read() as conn:
+        stored = dict((r.id, (r.name, r.active)) for r in await conn.execute(
+            sa.select(products.c.id, products.c.name, products.c.active).where(
+                products.c.tenant_id == 1, products.c.id <= 120)))
+    assert stored == expected
+    await pos.sync()
+    catalog = pos.replica.rows("catalog")
+    assert {n for n in range(1, 121) if n in catalog} == {n for n, (_, active) in expected.items() if active}
+    assert all(catalog[n]["name"] == expected[n][0] for n in range(1, 121) if n in catalog)
