@@ -148,6 +148,14 @@ def share_within(metrics_text: str, histogram: str, le: str) -> float:
     return bucket / count if count else float("nan")
 
 
+def sum_of(metrics_text: str, histogram: str) -> float:
+    """The ``_sum`` of a Prometheus histogram in one process's exposition."""
+    for line in metrics_text.splitlines():
+        if line.startswith(histogram + "_sum "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def mean_of(metrics_text: str, histogram: str) -> float:
     """The mean of a Prometheus histogram in one process's exposition (sum / count)."""
     values = {}
@@ -175,16 +183,19 @@ async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -
             health.append((time.perf_counter() - started) * 1000)
         for d in devices:  # each device notes when the change reached it; no polling scan here
             d.watch = b"B0x"
+        rounds_before = sum_of((await http.get("/metrics")).text, "fieldsync_live_round_seconds")
         started = time.perf_counter()
         await rename(http, tokens["admin"], [7], "B0x")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(d.hit_event.wait() for d in devices)), 30)
+        round_ms = (sum_of((await http.get("/metrics")).text, "fieldsync_live_round_seconds") - rounds_before) * 1000
     delays = [(d.hit - started) * 1000 for d in devices if d.hit is not None]
     for d in devices:
         d.close()
     return {"sessions": sessions, "connect_s": connect_s, "kb_per_session": (after - before) * 1024 / sessions,
             "rss_mb": after, "healthz_ms_p50": median(health), "received": len(delays),
-            "broadcast_p50": median(delays) if delays else None, "broadcast_p99": percentile(delays, 99) if delays else None}
+            "broadcast_p50": median(delays) if delays else None, "broadcast_p99": percentile(delays, 99) if delays else None,
+            "round_ms": round_ms}
 
 
 async def sustained(base: str, tokens: dict, devices_n: int, seconds: float, batch: int) -> dict:
@@ -291,7 +302,8 @@ def main() -> None:
                 print(f"{r['sessions']} idle sessions on one process: {r['kb_per_session']:.1f} KB RSS each "
                       f"(process {r['rss_mb']:.0f} MB), connected in {r['connect_s']:.1f}s, /healthz p50 "
                       f"{r['healthz_ms_p50']:.2f} ms; one catalog change reached {r['received']}/{r['sessions']}: "
-                      f"p50 {r['broadcast_p50']:.0f} ms, p99 {r['broadcast_p99']:.0f} ms")
+                      f"p50 {r['broadcast_p50']:.0f} ms, p99 {r['broadcast_p99']:.0f} ms (the server's live rounds: "
+                      f"{r['round_ms']:.0f} ms to build and queue the frames)")
             if "sustained" in only:
                 r = asyncio.run(sustained(base, tokens, size["sus_devices"], size["sus_s"], 500))
                 print(f"sustained: {r['changes_per_s']:,.0f} row changes/s written, {r['delivered_rows']:,} row "

@@ -31,14 +31,16 @@ log = logging.getLogger("fieldsync.live")
 RETRY_ROUND_S = 1.0  # after a round failed on the database
 
 
-def count_sent(batch: dict, size: int, framing: str) -> None:
-    """Rows and bytes a batch sends, by dataset, for the metrics."""
+def count_sent(batch: dict, size: int, framing: str, devices: int = 1) -> None:
+    """Rows and bytes a batch sends (to ``devices`` devices), by dataset, for the metrics."""
     for name, part in batch["data"].items():
-        metrics.ROWS_SENT.labels(name, framing).inc(len(part["rows"]) + len(part["deletes"]))
-    metrics.BYTES_SENT.labels(framing).inc(size)
+        metrics.ROWS_SENT.labels(name, framing).inc((len(part["rows"]) + len(part["deletes"])) * devices)
+    metrics.BYTES_SENT.labels(framing).inc(size * devices)
     if batch["reset"]:
-        metrics.SNAPSHOTS.labels(framing).inc()
-        metrics.SNAPSHOT_ROWS.observe(sum(len(p["rows"]) for p in batch["data"].values()))
+        metrics.SNAPSHOTS.labels(framing).inc(devices)
+        rows = sum(len(p["rows"]) for p in batch["data"].values())
+        for _ in range(devices):
+            metrics.SNAPSHOT_ROWS.observe(rows)
 
 
 class Subscriber(Protocol):
@@ -178,21 +180,26 @@ class Hub:
             asyncio.get_running_loop().call_later(RETRY_ROUND_S, self.wake, tenant_id)
             raise
         packed: dict[int, bytes] = {}  # devices of one group share the data object: encode it once
-        frames: dict[tuple, SharedTail] = {}  # and devices at one cursor the whole frame
+        frames: dict[tuple, list] = {}  # and devices at one cursor the whole frame: [frame, batch, devices]
+        lag = max(0.0, time.time() - committed) if committed is not None else None
         for session, batch in zip(ready, batches):
             session.dirty = session.dirty or batch["more"]
             if batch["data"] or batch["reset"]:
-                data = packed.setdefault(id(batch["data"]), wire.pack(batch["data"]))
+                data = packed.get(id(batch["data"]))
+                if data is None:
+                    data = packed[id(batch["data"])] = wire.pack(batch["data"])
                 key = (id(data), batch["cursor"], batch["more"], tuple(batch["reset"]))
-                frame = frames.get(key)
-                if frame is None:  # the shared tail is deflated once for all (server/ws_protocol.py)
+                entry = frames.get(key)
+                if entry is None:  # the shared tail is deflated once for all (server/ws_protocol.py)
                     head = wire.changes_head(batch["cursor"], batch["more"], batch["reset"])
-                    frame = frames[key] = SharedTail(head, data)
-                session.offer(frame, bool(batch["reset"]))
-                count_sent(batch, len(frame), "ws")
-                if committed is not None:
-                    metrics.COMMIT_TO_DEVICE.observe(max(0.0, time.time() - committed))
+                    entry = frames[key] = [SharedTail(head, data), batch, 0]
+                entry[2] += 1
+                session.offer(entry[0], bool(batch["reset"]))
+                if lag is not None:
+                    metrics.COMMIT_TO_DEVICE.observe(lag)
             session.cursor = batch["cursor"]
+        for frame, batch, devices in frames.values():
+            count_sent(batch, len(frame), "ws", devices)
         metrics.LIVE_ROUNDS.observe(time.perf_counter() - started)
 
     async def stop(self) -> None:

@@ -62,4 +62,4 @@ class CursorCodec:
         return Cursor(tenant, user, seq, t, {k: (v[0], v[1]) for k, v in datasets.items()}, list(snap), after)
 
     def _mac(self, body: bytes) -> bytes:
-        return hmac.new(self._key, body, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.digest(self._key, body, "sha256")[:_MAC_BYTES]

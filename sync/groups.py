@@ -31,8 +31,11 @@ async def _pull_group(reader: Reader, members: Sequence[tuple[Principal, bytes |
     results: list[PullResponse | None] = [None] * len(members)
     groups: dict[tuple, list[tuple[int, Cursor]]] = {}
     loners: list[int] = []
+    decoded: dict[bytes | None, Cursor | None] = {}  # devices at one cursor: decoded once
     for index, (principal, raw) in enumerate(members):
-        cursor = reader.cursors.decode(raw) if raw else None
+        if raw not in decoded:
+            decoded[raw] = reader.cursors.decode(raw) if raw else None
+        cursor = decoded[raw]
         key = await _key(shared.conn, reader, principal, cursor, shared, now) if cursor else None
         if key is None:
             loners.append(index)
@@ -47,9 +50,12 @@ async def _pull_group(reader: Reader, members: Sequence[tuple[Principal, bytes |
         first = await reader.pull(principal, raw, None, shared)
         results[first_index] = first
         seq = reader.cursors.decode(first["cursor"]).seq
+        encoded: dict[int, bytes] = {}  # and re-encoded once (members at one cursor share the object)
         for index, cursor in group[1:]:
-            cursor.seq = seq
-            results[index] = {**first, "cursor": reader.cursors.encode(cursor)}
+            if id(cursor) not in encoded:
+                cursor.seq = seq
+                encoded[id(cursor)] = reader.cursors.encode(cursor)
+            results[index] = {**first, "cursor": encoded[id(cursor)]}
     return results  # type: ignore[return-value]
 
 
