@@ -159,6 +159,9 @@ class Inbox:
         return len(self._items)
 
 
+_FACTORY = SharedDeflateFactory()  # configuration only: one for every connection
+
+
 class SharedDeflateProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O WebSocket protocol with :class:`SharedDeflateFactory` as its
     only extension (uvicorn builds its own factory, with context takeover), and a lighter
@@ -170,8 +173,7 @@ class SharedDeflateProtocol(WebSocketsSansIOProtocol):
         self.writable = Flag()  # type: ignore[assignment]
         self.writable.set()
         if self.config.ws_per_message_deflate:
-            self.conn = ServerProtocol(extensions=[SharedDeflateFactory()], max_size=self.config.ws_max_size,
-                                       logger=self.logger)
+            self.conn = ServerProtocol(extensions=[_FACTORY], max_size=self.config.ws_max_size, logger=self.logger)
 
     async def send(self, message: Any) -> None:
         await super().send(message)
