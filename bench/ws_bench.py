@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import msgpack
 import websockets
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -137,33 +138,29 @@ async def latency(a: str, b: str, tokens: dict, samples: int) -> dict:
             "within_20ms": share_within(text, "fieldsync_commit_to_device_seconds", "0.02")}
 
 
-def share_within(metrics_text: str, histogram: str, le: str) -> float:
+def histogram(metrics_text: str, name: str) -> dict:
+    """One histogram of a process's ``/metrics`` text: its ``sum``, ``count`` and buckets
+    by upper bound (cumulative), parsed by prometheus_client's own parser."""
+    found: dict = {"sum": 0.0, "count": 0.0, "buckets": {}}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == name:
+            for sample in family.samples:
+                if sample.name == name + "_bucket":
+                    found["buckets"][sample.labels["le"]] = sample.value
+                elif sample.name in (name + "_sum", name + "_count"):
+                    found[sample.name[len(name) + 1:]] = sample.value
+    return found
+
+
+def mean_of(metrics_text: str, name: str) -> float:
+    h = histogram(metrics_text, name)
+    return h["sum"] / h["count"] if h["count"] else float("nan")
+
+
+def share_within(metrics_text: str, name: str, le: str) -> float:
     """The share of a histogram's observations at or below the bucket bound ``le``."""
-    bucket = count = 0.0
-    for line in metrics_text.splitlines():
-        if line.startswith(f'{histogram}_bucket{{le="{le}"}} '):
-            bucket = float(line.split()[-1])
-        elif line.startswith(f"{histogram}_count "):
-            count = float(line.split()[-1])
-    return bucket / count if count else float("nan")
-
-
-def sum_of(metrics_text: str, histogram: str) -> float:
-    """The ``_sum`` of a Prometheus histogram in one process's exposition."""
-    for line in metrics_text.splitlines():
-        if line.startswith(histogram + "_sum "):
-            return float(line.split()[-1])
-    return 0.0
-
-
-def mean_of(metrics_text: str, histogram: str) -> float:
-    """The mean of a Prometheus histogram in one process's exposition (sum / count)."""
-    values = {}
-    for line in metrics_text.splitlines():
-        for part in ("_sum", "_count"):
-            if line.startswith(histogram + part + " "):
-                values[part] = float(line.split()[-1])
-    return values["_sum"] / values["_count"] if values.get("_count") else float("nan")
+    h = histogram(metrics_text, name)
+    return h["buckets"].get(le, 0.0) / h["count"] if h["count"] else float("nan")
 
 
 async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -> dict:
@@ -183,12 +180,12 @@ async def idle_and_broadcast(base: str, pid: int, tokens: dict, sessions: int) -
             health.append((time.perf_counter() - started) * 1000)
         for d in devices:  # each device notes when the change reached it; no polling scan here
             d.watch = b"B0x"
-        rounds_before = sum_of((await http.get("/metrics")).text, "fieldsync_live_round_seconds")
+        rounds_before = histogram((await http.get("/metrics")).text, "fieldsync_live_round_seconds")["sum"]
         started = time.perf_counter()
         await rename(http, tokens["admin"], [7], "B0x")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*(d.hit_event.wait() for d in devices)), 30)
-        round_ms = (sum_of((await http.get("/metrics")).text, "fieldsync_live_round_seconds") - rounds_before) * 1000
+        round_ms = (histogram((await http.get("/metrics")).text, "fieldsync_live_round_seconds")["sum"] - rounds_before) * 1000
     delays = [(d.hit - started) * 1000 for d in devices if d.hit is not None]
     for d in devices:
         d.close()

@@ -99,7 +99,7 @@ class App(Starlette):
     untouched) would keep a chain of their coroutine frames alive, ~4 KB per session."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == "/sync/ws":
+        if scope["type"] == "websocket" and scope["path"].removeprefix(scope.get("root_path", "")) == "/sync/ws":
             scope["app"] = self
             return await ws.endpoint(WebSocket(scope, receive, send))
         await super().__call__(scope, receive, send)

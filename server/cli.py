@@ -173,7 +173,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", log_config=None, access_log=False, ws_max_size=settings.max_body_bytes,
                 ws=SharedDeflateProtocol if settings.ws_impl == "fieldsync" else settings.ws_impl,
-                ws_per_message_deflate=settings.ws_protocol)
+                ws_per_message_deflate=settings.ws_deflate)
     return 0
 
 

@@ -36,7 +36,7 @@ class Settings:
     # to (server/ws_protocol.py); any of uvicorn's names ("websockets", "wsproto") also works.
     ws_impl: str = "fieldsync"
     # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks.
-    ws_protocol: bool = True
+    ws_deflate: bool = True
     metrics: bool = True  # FIELDSYNC_METRICS=0: no request metrics/access log/DB instrumentation (benchmarks)
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -68,7 +68,7 @@ class Settings:
             poll_interval=float(env.get("FIELDSYNC_POLL_INTERVAL") or 2),
             redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",
-            ws_protocol=(env.get("FIELDSYNC_WS_DEFLATE") or "1") not in ("0", "false", "no"),
+            ws_deflate=(env.get("FIELDSYNC_WS_DEFLATE") or "1") not in ("0", "false", "no"),
             metrics=(env.get("FIELDSYNC_METRICS") or "1") not in ("0", "false", "no"),
         )
 

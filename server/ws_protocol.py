@@ -45,14 +45,13 @@ class CompressedCache:
         self.max_bytes, self.max_entries = max_bytes, max_entries
         self._items: OrderedDict[tuple[int, bytes], bytes] = OrderedDict()
         self._bytes = 0
-        self.hits = self.misses = 0
+        self.misses = 0  # compressions done (tests count them)
 
     def compress(self, data: bytes, bits: int, settings: dict[str, Any]) -> bytes:
         key = (bits, data)  # hashing bytes is done once per object: CPython caches it
         found = self._items.get(key)
         if found is not None:
             self._items.move_to_end(key)
-            self.hits += 1
             return found
         self.misses += 1
         out = _deflate(data, bits, settings)[:-4]  # the message's final sync marker goes (RFC 7692 §7.2.1)
@@ -205,5 +204,7 @@ class Flag:
         if self._set:
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters = (self._waiters or []) + [waiter]
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
         await waiter

@@ -20,7 +20,7 @@ from .schema import Registry, SyncedTable
 from .storage import PUT, REMOVE, Database, change_log, log_head
 
 _CHUNK = 500  # keys per IN (...) list: well under SQLite's 32766 bound parameters
-_COPY_FROM = 50  # log entries from which PostgreSQL gets them by COPY rather than INSERT
+_BULK_FROM = 50  # from this many log entries (or updates of one column set), PostgreSQL takes the bulk paths
 
 
 def now_ms() -> int:
@@ -123,7 +123,7 @@ class ChangeSet:
             return None
         seq = await self._bump_head()
         at = now_ms()
-        if len(self._entries) >= _COPY_FROM and not self.db.is_sqlite:
+        if len(self._entries) >= _BULK_FROM and not self.db.is_sqlite:
             # A bulk write's entries by COPY: for 500 rows, ~5 ms of building and
             # binding an INSERT's parameters in Python become a fraction of one.
             raw = await self.conn.get_raw_connection()
@@ -215,7 +215,7 @@ class ChangeSet:
             after = {**before, **{c: v for c, v in values.items() if not isinstance(v, sa.ClauseElement)}}
             self._record(table, [(before, after)])
         for cols, params in batches.items():
-            if len(params) >= _COPY_FROM and not self.db.is_sqlite and _unnestable(table, key, cols, params):
+            if len(params) >= _BULK_FROM and not self.db.is_sqlite and _unnestable(table, key, cols, params):
                 # One statement over arrays instead of one executemany row each: for 500
                 # rows, SQLAlchemy's per-row parameter handling was most of the write.
                 arrays = {c: [p[c] for p in params] for c in ("_key", *cols)}
