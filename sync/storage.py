@@ -184,6 +184,11 @@ class Database:
                 raise
             log.warning("database unavailable: %s", exc)
             raise StorageError() from exc
+        except sa.exc.DBAPIError as exc:  # another class of driver error that lost the connection
+            if not exc.connection_invalidated:
+                raise
+            log.warning("database connection lost: %s", exc)
+            raise StorageError() from exc
 
     def notify(self, tenant_id: int, seq: int, buckets: frozenset[str]) -> None:
         for listener in self.commit_listeners:
@@ -234,6 +239,16 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             dbapi_conn.ping()
         except Exception as exc:  # noqa: BLE001 - any failure: the pool replaces the connection
             raise sa.exc.DisconnectionError(f"pooled connection is dead: {exc}") from exc
+
+    broken = getattr(engine.dialect.dbapi, "InternalClientError", ())
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def on_error(context) -> None:
+        # A trusted connection the server dropped a moment ago can fail with asyncpg's
+        # "cannot switch to state …": its protocol is in a state it cannot leave. That is a
+        # lost connection: the pool must discard it, and the request gets UNAVAILABLE.
+        if isinstance(context.original_exception, broken):
+            context.is_disconnect = True
 
 
 def _sqlite_transactions(engine: AsyncEngine) -> None:

@@ -3,6 +3,8 @@ they sat idle (``sync.storage._ping_when_idle``): no request pays for a dead soc
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 import sqlalchemy as sa
@@ -16,11 +18,15 @@ pytestmark = pytest.mark.postgres
 
 async def _terminate_others(url: str) -> int:
     """End every other session on the test database, as a restart or a firewall would."""
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     conn = await asyncpg.connect(url.replace("postgresql://", "postgres://"))
     try:
-        return await conn.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        ended = await conn.fetchval(f"SELECT count(pg_terminate_backend(pid)) {others}")
+        for _ in range(100):  # terminating is asynchronous: wait until they are gone
+            if not await conn.fetchval(f"SELECT count(*) {others}"):
+                break
+            await asyncio.sleep(0.05)
+        return ended
     finally:
         await conn.close()
 
@@ -43,7 +49,8 @@ async def test_a_dropped_idle_connection_is_replaced_before_use(pg_database, mon
 
 async def test_a_connection_used_a_moment_ago_is_trusted(pg_database, monkeypatch):
     """The other side of the trade: without the idle ping, a connection the server dropped
-    within the last few seconds fails the one request that gets it (a retryable error)."""
+    within the last few seconds fails the one request that gets it, with UNAVAILABLE (a
+    retryable error, whichever way asyncpg reports the loss), and the pool replaces it."""
     monkeypatch.setattr(storage, "PING_AFTER_IDLE_S", 3600.0)
     db = Database(pg_database, pool_size=1)
     try:
