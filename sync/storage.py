@@ -68,9 +68,12 @@ PUT, REMOVE = 1, 0
 mutation_ledger = sa.Table(
     "mutation_ledger",
     metadata,
-    sa.Column("id", sa.String(180), primary_key=True),  # "<tenant>:<client_id>:<mutation id>"
+    # "<tenant>:<client_id>:<mutation id>", with ":<epoch>" before the id from a device's
+    # first move to another user on (see ``devices.epoch``)
+    sa.Column("id", sa.String(180), primary_key=True),
     sa.Column("tenant_id", sa.Integer, nullable=False),
     sa.Column("client_id", sa.String(128), nullable=False),
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("mutation_id", sa.BigInteger, nullable=False),
     sa.Column("user_id", sa.Integer, nullable=False),
     sa.Column("name", sa.String(64), nullable=False),
@@ -81,7 +84,7 @@ mutation_ledger = sa.Table(
     sa.Column("message", sa.Text),
     sa.Column("result", sa.JSON),
     sa.Column("applied_at", sa.BigInteger, nullable=False, info={"wire": "time"}),
-    sa.UniqueConstraint("tenant_id", "client_id", "mutation_id", name="uq_ledger_client_mutation"),
+    sa.UniqueConstraint("tenant_id", "client_id", "epoch", "mutation_id", name="uq_ledger_client_mutation"),
     sa.Index("ix_ledger_user", "tenant_id", "user_id", "status"),
 )
 
@@ -100,6 +103,25 @@ devices = sa.Table(
     sa.Column("revoked_at", sa.BigInteger),
     # Set when an admin re-enrols a revoked device: cursors from before it get a full reset.
     sa.Column("enrolled_at", sa.BigInteger),
+    # The ledger namespace: raised when an admin moves the device to another user, so the
+    # new owner's mutation ids start over without meeting the old owner's results.
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    # The last bearer token the device presented (SHA-256) and its expiry: revoking the
+    # device refuses that token whatever client_id it comes with.
+    sa.Column("token_hash", sa.String(64)),
+    sa.Column("token_exp", sa.BigInteger),
+    sa.Index("ix_devices_user", "tenant_id", "user_id"),
+)
+
+# Tokens last presented by revoked devices, refused until they expire.
+revoked_tokens = sa.Table(
+    "revoked_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("tenant_id", sa.Integer, nullable=False),
+    sa.Column("client_id", sa.String(128), nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
 )
 
 
