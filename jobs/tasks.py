@@ -18,7 +18,7 @@ from huey.api import TaskWrapper
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ENQUEUED, SIGNAL_ERROR
 
 from server import metrics
-from sync import compaction, hot
+from sync import compaction, devices, hot
 from sync.storage import log_head
 
 from . import dashboards, failures, invoices, notices, reports
@@ -98,6 +98,7 @@ def _periodic(jobs: Jobs) -> tuple[TaskWrapper, ...]:
         metrics.COMPACTION_REMOVED.inc(removed)
         metrics.LOG_ENTRIES.set(sum(s.entries_after for s in done))
         log.info("compaction: %d entries removed over %d tenant(s)", removed, len(done))
+        jobs.run(devices.forget_expired_tokens)  # housekeeping of the same kind: past their exp
         return removed
 
     @huey.periodic_task(crontab(minute="*/5"), name="sweep_pending")

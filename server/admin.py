@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response
 from sync import devices, wire
 from sync.changes import write_changes
 from sync.errors import AuthError, BadRequest, ErrorCode
-from sync.schema import Principal, Registry, wire_type
+from sync.schema import MAX_ID, Principal, Registry, wire_type
 
 from .auth import ROLES
 from .fanout import Notice
@@ -105,8 +105,28 @@ async def revoke(request: Request) -> Response:
 
 
 async def enrol(request: Request) -> Response:
-    """Re-enrol a revoked device: it may sync again, starting from a full reset."""
-    return await _set_revoked(request, revoked=False)
+    """Re-enrol a device: it may sync again, starting from a full reset. With a body
+    ``{user_id}`` naming another user of the tenant, the device moves to that user: a fresh
+    ledger (mutation ids start over) and the old owner's sessions on it are closed."""
+    raw = await read_body(request, 4096)
+    if not raw.strip():
+        return await _set_revoked(request, revoked=False)
+    services = request.app.state.services
+    principal = await _admin(request)
+    body = _json(raw) if "json" in request.headers.get("content-type", "json") else wire.unpack(raw, max_size=4096)
+    user_id = body.get("user_id") if isinstance(body, dict) else None
+    if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id <= MAX_ID:
+        raise BadRequest("body must be {\"user_id\": <id of the device's new owner>}")
+    async with services.db.read() as conn:
+        active = await conn.scalar(sa.select(users.c.active).where(
+            users.c.tenant_id == principal.tenant_id, users.c.id == user_id))
+    if not active:
+        raise BadRequest(f"`user_id` {user_id} is not an active user of this tenant")
+    client_id = request.path_params["client_id"]
+    if not await devices.move(services.db, principal.tenant_id, client_id, user_id):
+        raise BadRequest(f"no device {client_id!r} in this tenant")
+    await services.fanout.publish(Notice(principal.tenant_id, revoke_client=client_id))
+    return JSONResponse({"client_id": client_id, "revoked": False, "user_id": user_id})
 
 
 async def _set_revoked(request: Request, *, revoked: bool) -> Response:

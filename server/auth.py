@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import jwt
@@ -9,7 +10,8 @@ import sqlalchemy as sa
 
 from sync.errors import AuthError, ErrorCode, RevokedError
 from sync.schema import MAX_ID, Principal
-from sync.storage import Database, devices
+from sync.devices import Credential, owners
+from sync.storage import Database
 
 from .config import Settings
 from .domain.tables import branches, tenants, users
@@ -17,11 +19,15 @@ from .domain.tables import branches, tenants, users
 ROLES = ("salesperson", "pos", "admin")
 
 
+_DIGITS = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
+
+
 class TokenService:
     """Issues and verifies tokens with the configured key."""
 
     def __init__(self, settings: Settings) -> None:
         self.ttl = settings.token_ttl_s
+        self.leeway = settings.token_leeway_s
         if settings.jwt_public_key:
             self.algorithm, self.verify_key = "RS256", settings.jwt_public_key
             self.sign_key = settings.jwt_private_key
@@ -29,25 +35,58 @@ class TokenService:
             self.algorithm, self.verify_key = "HS256", settings.jwt_secret
             self.sign_key = settings.jwt_secret
 
-    def issue(self, *, user_id: int, tenant_id: int, role: str, ttl: int | None = None) -> str:
+    def issue(self, *, user_id: int, tenant_id: int, role: str, ttl: int | None = None,
+              device: str | None = None) -> str:
+        """A token for the user; with ``device``, one that syncs only as that client_id."""
         if self.sign_key is None:
             raise RuntimeError("RS256 is configured without FIELDSYNC_JWT_PRIVATE_KEY: tokens are issued elsewhere")
         now = int(time.time())
         claims = {"sub": str(user_id), "tid": tenant_id, "role": role, "iat": now, "exp": now + (self.ttl if ttl is None else ttl)}
+        if device is not None:
+            claims["did"] = device
         return jwt.encode(claims, self.sign_key, algorithm=self.algorithm)
 
     def verify(self, token: str) -> dict:
+        """The token's claims, checked for signature, time (``exp``, ``nbf``, ``iat``, each
+        with the one configured leeway) and exactly the documented types."""
         try:
-            claims = jwt.decode(token, self.verify_key, algorithms=[self.algorithm],
+            claims = jwt.decode(token, self.verify_key, algorithms=[self.algorithm], leeway=self.leeway,
                                 options={"require": ["exp", "sub", "tid", "role"]})
         except jwt.ExpiredSignatureError:
             raise AuthError(ErrorCode.AUTH_INVALID, "the token has expired; sign in again") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError(ErrorCode.AUTH_INVALID, "the token is not valid yet (`nbf` or `iat` is in the future)") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(ErrorCode.AUTH_INVALID, f"the token is not valid: {exc}") from None
-        if (claims["role"] not in ROLES or not isinstance(claims["tid"], int) or not 0 < claims["tid"] <= MAX_ID
-                or not str(claims["sub"]).isdigit() or not 0 < int(claims["sub"]) <= MAX_ID):
-            raise AuthError(ErrorCode.AUTH_INVALID, "the token's claims are malformed")
+        problem = _claims_problem(claims)
+        if problem:
+            raise AuthError(ErrorCode.AUTH_INVALID, f"the token's claims are malformed: {problem}")
         return claims
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _claims_problem(claims: dict) -> str | None:
+    """What is wrong with the claims' types (docs/protocol.md section 3), or None."""
+    sub, tid, did = claims["sub"], claims["tid"], claims.get("did")
+    if not isinstance(sub, str) or not _DIGITS.fullmatch(sub) or int(sub) > MAX_ID:
+        return f"`sub` must be a string of decimal digits, 1 to {MAX_ID}"
+    if not _is_int(tid) or not 0 < tid <= MAX_ID:
+        return f"`tid` must be an integer, 1 to {MAX_ID}"
+    if claims["role"] not in ROLES:
+        return f"`role` must be one of {', '.join(ROLES)}"
+    for name in ("exp", "iat", "nbf"):
+        if name in claims and not _is_int(claims[name]):
+            return f"`{name}` must be an integer (seconds)"
+    if did is not None and (not isinstance(did, str) or not 1 <= len(did) <= 128):
+        return "`did` must be a client_id, 1 to 128 characters"
+    return None
+
+
+def credential_of(token: str, claims: dict) -> Credential:
+    return Credential.of(token, claims["exp"], claims.get("did"))
 
 
 def bearer(header: str | None) -> str:
@@ -82,15 +121,14 @@ async def principal_for(db: Database, claims: dict) -> Principal:
 
 
 async def switched_off(db: Database, tenant_id: int, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
-    """Of these ``(client_id, user_id)`` pairs of one tenant, those whose device was revoked or
-    whose user was deactivated: what a revocation notice says, re-read from the database."""
-    clients = sorted({client for client, _ in pairs})
+    """Of these ``(client_id, user_id)`` pairs of one tenant, those whose device was revoked
+    or moved to another user, or whose user was deactivated: what a revocation notice says,
+    re-read from the database."""
+    devices = await owners(db, tenant_id, sorted({client for client, _ in pairs}))
     people = sorted({user for _, user in pairs})
     async with db.read() as conn:
-        revoked = set((await conn.execute(sa.select(devices.c.client_id).where(
-            devices.c.tenant_id == tenant_id, devices.c.client_id.in_(clients), devices.c.revoked_at.is_not(None),
-        ))).scalars())
         inactive = set((await conn.execute(sa.select(users.c.id).where(
             users.c.tenant_id == tenant_id, users.c.id.in_(people), users.c.active.is_(False),
         ))).scalars())
-    return {(client, user) for client, user in pairs if client in revoked or user in inactive}
+    return {(client, user) for client, user in pairs
+            if user in inactive or (client in devices and devices[client] != (user, False))}

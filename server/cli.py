@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import functools
 import logging
 import sys
 from collections.abc import Callable
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("username")
     token.add_argument("--tenant", default="demo")
     token.add_argument("--ttl", type=int, default=None, help="seconds (default FIELDSYNC_TOKEN_TTL)")
+    token.add_argument("--device", default=None, metavar="CLIENT_ID",
+                       help="bind the token to one device: it syncs only as this client_id (claim `did`)")
     load = commands.add_parser("import", help="upsert rows of a table from a CSV file")
     load.add_argument("table")
     load.add_argument("file", type=Path)
@@ -117,7 +120,8 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     if user is None:
         print(f"no user {args.username!r} in tenant {args.tenant!r} (run `fieldsync demo` first?)", file=sys.stderr)
         return 1
-    print(TokenService(settings).issue(user_id=user.id, tenant_id=user.tenant_id, role=user.role, ttl=args.ttl))
+    print(TokenService(settings).issue(user_id=user.id, tenant_id=user.tenant_id, role=user.role, ttl=args.ttl,
+                                        device=args.device))
     return 0
 
 
@@ -153,6 +157,7 @@ def cmd_devices(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .http_protocol import HttpLimits, LimitedHttpToolsProtocol
     from .migrations import pending, upgrade
     from .ws_protocol import SharedDeflateProtocol
 
@@ -173,7 +178,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", log_config=None, access_log=False, ws_max_size=settings.max_body_bytes,
                 ws=SharedDeflateProtocol if settings.ws_impl == "fieldsync" else settings.ws_impl,
-                ws_per_message_deflate=settings.ws_deflate)
+                ws_per_message_deflate=settings.ws_deflate,
+                # uvicorn has no head/body limits for httptools: its protocol, under ours
+                http=functools.partial(LimitedHttpToolsProtocol, limits=HttpLimits.from_settings(settings)))
     return 0
 
 

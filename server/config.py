@@ -13,6 +13,19 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
     return default if raw in (None, "") else int(raw)
 
 
+def _bounded(env: dict[str, str], name: str, default: float, low: float, high: float, kind: type = float) -> float:
+    """A limit read as ``kind`` and refused outside [low, high]: a typo such as a timeout of
+    0 or a header limit of 100 bytes would take the server off the air, not protect it."""
+    raw = env.get(f"FIELDSYNC_{name}")
+    try:
+        value = default if raw in (None, "") else kind(raw)
+    except ValueError:
+        raise ValueError(f"FIELDSYNC_{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if not low <= value <= high:  # also refuses NaN
+        raise ValueError(f"FIELDSYNC_{name}={raw} is outside [{low}, {high}]")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -26,9 +39,22 @@ class Settings:
     pull_limit: int = 2000
     pull_max_limit: int = 10000
     token_ttl_s: int = 30 * 86400
+    token_leeway_s: int = 30  # clock skew allowed on a token's exp, nbf and iat
+    max_devices_per_user: int = 20  # devices a user may sync from at once (revoked ones do not count)
+    # Refuse tokens that name no device (`did`) on pull, push and hello: then a revoked
+    # device's token is refused whatever it presents, and no token outlives its device.
+    require_device_tokens: bool = False
     min_protocol: int = 1  # refuse older apps with UNSUPPORTED_VERSION
     ws_idle_timeout: float = 300.0  # close a WebSocket that sent nothing for this long
     ws_slow_timeout: float = 30.0  # close a WebSocket whose frames stay unread this long
+    ws_hello_timeout: float = 10.0  # close a WebSocket with no valid hello this long after the connect
+    # HTTP limits (server/http_protocol.py): a request head (request line and header fields)
+    # of at most max_header_bytes and max_headers fields, complete within header_timeout of
+    # the connect or of the previous response; a body complete within body_timeout of its head.
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
     redis_prefix: str = "fieldsync"  # channel and key prefix: several deployments can share a Redis
     poll_interval: float = 2.0  # log polling period while Redis is unreachable; 15x it otherwise
     # The WebSocket protocol: "fieldsync" is uvicorn's sans-I/O one (no tasks per connection of
@@ -62,9 +88,17 @@ class Settings:
             pull_limit=_int(env, "PULL_LIMIT", 2000),
             pull_max_limit=_int(env, "PULL_MAX_LIMIT", 10000),
             token_ttl_s=_int(env, "TOKEN_TTL", 30 * 86400),
+            token_leeway_s=_int(env, "TOKEN_LEEWAY", 30),
+            max_devices_per_user=_int(env, "MAX_DEVICES_PER_USER", 20),
+            require_device_tokens=(env.get("FIELDSYNC_REQUIRE_DEVICE_TOKENS") or "0") not in ("0", "false", "no"),
             min_protocol=_int(env, "MIN_PROTOCOL", 1),
             ws_idle_timeout=float(env.get("FIELDSYNC_WS_IDLE_TIMEOUT") or 300),
             ws_slow_timeout=float(env.get("FIELDSYNC_WS_SLOW_TIMEOUT") or 30),
+            ws_hello_timeout=_bounded(env, "WS_HELLO_TIMEOUT", 10.0, 0.5, 300),
+            max_header_bytes=_bounded(env, "MAX_HEADER_BYTES", 32 * 1024, 4096, 1 << 20, int),
+            max_headers=_bounded(env, "MAX_HEADERS", 100, 16, 1000, int),
+            header_timeout=_bounded(env, "HEADER_TIMEOUT", 10.0, 0.5, 300),
+            body_timeout=_bounded(env, "BODY_TIMEOUT", 30.0, 1, 3600),
             poll_interval=float(env.get("FIELDSYNC_POLL_INTERVAL") or 2),
             redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",

@@ -11,11 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sync import devices, messages, wire
-from sync.errors import BadRequest, ErrorCode, SyncError
+from sync.devices import Credential
+from sync.errors import AuthError, BadRequest, ErrorCode, SyncError
 from sync.schema import Principal
 
 from . import metrics
-from .auth import bearer, principal_for
+from .auth import bearer, credential_of, principal_for
 from .errors import MSGPACK
 from .live import count_sent
 
@@ -35,10 +36,22 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 async def authenticate(request: Request) -> Principal:
     services = request.app.state.services
-    claims = services.tokens.verify(bearer(request.headers.get("authorization")))
+    token = bearer(request.headers.get("authorization"))
+    claims = services.tokens.verify(token)
     principal = await principal_for(services.db, claims)
     request.state.principal = principal
+    request.state.credential = credential_of(token, claims)
     return principal
+
+
+async def register_device(services, principal: Principal, credential: Credential, client_id: str, *,
+                          force: bool = False) -> int | None:
+    """The device's registration for this sync (see :func:`sync.devices.touch`), under the
+    server's device policy; returns when it was last enrolled."""
+    if services.settings.require_device_tokens and credential.device is None:
+        raise AuthError(ErrorCode.FORBIDDEN, "this server syncs only with device-bound tokens (claim `did`)")
+    return await devices.touch(services.db, principal, client_id, credential=credential,
+                               max_devices=services.settings.max_devices_per_user, force=force)
 
 
 def msgpack_response(body: object) -> Response:
@@ -77,7 +90,7 @@ async def pull(request: Request) -> Response:
         principal, body = await _sync_body(request)
         req = messages.parse_pull(body, services.settings.min_protocol)
         request.state.client_id = req.client_id
-        enrolled = await devices.touch(services.db, principal, req.client_id)
+        enrolled = await register_device(services, principal, request.state.credential, req.client_id)
         batch = await services.reader.pull(principal, req.cursor, req.limit, not_before=enrolled)
         packed = wire.pack(batch)
     count_sent(batch, len(packed), "pull")
@@ -93,7 +106,7 @@ async def push(request: Request) -> Response:
         req = messages.parse_push(body, max_mutations=services.settings.max_mutations,
                                   minimum=services.settings.min_protocol)
         request.state.client_id = req.client_id
-        await devices.touch(services.db, principal, req.client_id, force=True)
+        await register_device(services, principal, request.state.credential, req.client_id, force=True)
         results = await services.pusher.push(principal, req.client_id, req.mutations)
     record_results(services.registry, req.mutations, results)
     return msgpack_response({"v": messages.PROTOCOL_VERSION, "results": results})

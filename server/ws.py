@@ -18,22 +18,21 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sync import devices, messages, wire
+from sync import messages, wire
 from sync.errors import AuthError, BadRequest, ErrorCode, SyncError
 from sync.schema import Principal
 from sync.shared_pulls import pull_key
 
 from . import metrics
-from .auth import bearer, principal_for
+from .auth import bearer, credential_of, principal_for
 from .device_health import record_ack
-from .http import record_results
+from .http import record_results, register_device
 from .live import count_sent
 from .outbox import Outbox
 
 log = logging.getLogger("fieldsync.ws")
 
 QUEUE_FRAMES = 4  # outbound frames buffered per session; beyond that the device is "behind"
-HELLO_TIMEOUT_S = 10
 CLOSE_SEND_TIMEOUT_S = 1.0  # a closing frame that cannot be written by then is given up on
 
 
@@ -120,7 +119,7 @@ class Session:
         opened = time.monotonic()
         hub = self.services.hub
         try:
-            await self._handshake()
+            await self._handshake(opened)
             hub.add(self)
             self.joined_at = time.monotonic()
             await self._catch_up()
@@ -151,8 +150,9 @@ class Session:
             "close": code, "seconds": round(time.monotonic() - opened, 1), "frames": self.outbox.frames_sent,
             "bytes": self.outbox.bytes_sent}})
 
-    async def _handshake(self) -> None:
-        frame = await self._next_frame(HELLO_TIMEOUT_S)
+    async def _handshake(self, opened: float) -> None:
+        # Counted from the connect: junk frames before hello must not keep a socket open.
+        frame = await self._next_frame(self.services.settings.ws_hello_timeout, since=opened)
         if frame.get("t") != "hello":
             raise BadRequest("the first frame must be hello")
         messages.check_version(frame, minimum=self.services.settings.min_protocol)
@@ -168,7 +168,8 @@ class Session:
         self.token_exp = float(claims["exp"])
         self.claims = claims
         self.cursor = cursor
-        self.not_before = await devices.touch(self.services.db, self.principal, self.client_id, force=True)
+        self.not_before = await register_device(self.services, self.principal, credential_of(token, claims),
+                                                self.client_id, force=True)
         self.buckets = await self.services.reader.buckets(self.principal)
         self.step(State.CATCHING_UP)
 
@@ -207,22 +208,25 @@ class Session:
             else:
                 await self._error(ErrorCode.BAD_REQUEST, f"unknown frame type {kind!r}")
 
-    async def _next_frame(self, timeout: float) -> dict:
-        """The next well-formed frame; malformed ones get an error frame and are skipped."""
+    async def _next_frame(self, timeout: float, since: float | None = None) -> dict:
+        """The next well-formed frame; malformed ones get an error frame and are skipped.
+        ``timeout`` restarts with each wait, or runs from ``since`` (monotonic) when given."""
         while True:
             until_expiry = self.token_exp - time.time()
             if until_expiry <= 0:
                 raise AuthError(ErrorCode.AUTH_INVALID, "the token expired; reconnect with a new one")
+            left = timeout if since is None else since + timeout - time.monotonic()
             try:
                 # asyncio.timeout, not wait_for: no extra task per frame and per idle session
-                async with asyncio.timeout(min(timeout, until_expiry)):
+                async with asyncio.timeout(max(0.0, min(left, until_expiry))):
                     message = await self.ws.receive()
             except asyncio.TimeoutError:
                 # Decide by which deadline was waited for, not by re-reading the clock: the
                 # loop's timer may fire a hair before time.time() reaches ``exp``.
-                if until_expiry <= timeout:
+                if until_expiry <= left:
                     raise AuthError(ErrorCode.AUTH_INVALID, "the token expired; reconnect with a new one") from None
-                raise SyncError(ErrorCode.IDLE_TIMEOUT, f"no frame for {timeout:.0f}s") from None
+                raise SyncError(ErrorCode.IDLE_TIMEOUT, f"no frame for {timeout:.0f}s" if since is None
+                                else f"no valid hello within {timeout:.0f}s of connecting") from None
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect(message.get("code", 1000))
             if message.get("bytes") is None:

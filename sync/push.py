@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .changes import ChangeSet, now_ms
-from .errors import ErrorCode, MutationRejected
+from .errors import AuthError, ErrorCode, MutationRejected
 from .messages import Mutation, MutationResult
 from .schema import Principal, Registry
 from .storage import Database, devices, mutation_ledger
@@ -84,7 +84,8 @@ class Pusher:
     async def _apply_once(self, principal: Principal, client_id: str, m: Mutation,
                           refusal: MutationRejected | None) -> MutationResult:
         async with self.db.write() as conn:
-            if not await _claim(conn, principal, client_id, m.id):
+            epoch = await _claim(conn, principal, client_id, m.id)
+            if epoch is None:
                 return await _replay(conn, principal, client_id, m)
             changes = ChangeSet(self.db, conn, self.registry, principal.tenant_id)
             after_commit: list[Callable[[], Any]] = []
@@ -92,7 +93,7 @@ class Pusher:
                 outcome = await self._run(changes, principal, client_id, m, after_commit)
             else:
                 outcome = {"id": m.id, "status": "rejected", "code": refusal.code.value, "message": refusal.message}
-            await changes.insert(mutation_ledger, [_ledger_row(principal, client_id, m, outcome)])
+            await changes.insert(mutation_ledger, [_ledger_row(principal, client_id, epoch, m, outcome)])
             seq = await changes.commit_position()
         if seq is not None:
             self.db.notify(principal.tenant_id, seq, changes.buckets)
@@ -128,37 +129,42 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
-async def _claim(conn: AsyncConnection, principal: Principal, client_id: str, mutation_id: int) -> bool:
-    """Raise the device's high-water mark to this id; False when it is already there.
+async def _claim(conn: AsyncConnection, principal: Principal, client_id: str, mutation_id: int) -> int | None:
+    """Raise the device's high-water mark to this id; returns the device's ledger epoch, or
+    None when the mark is already there (or the device is not the principal's).
 
     The row lock this takes serialises the device's pushes until commit.
     """
     claimed = await conn.execute(
         sa.update(devices)
         .where(devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id,
-               devices.c.last_mutation_id < mutation_id)
+               devices.c.user_id == principal.user_id, devices.c.last_mutation_id < mutation_id)
         .values(last_mutation_id=mutation_id)
-        .returning(devices.c.last_mutation_id)
+        .returning(devices.c.epoch)
     )
-    return claimed.first() is not None
+    return claimed.scalar()
 
 
 async def _replay(conn: AsyncConnection, principal: Principal, client_id: str, m: Mutation) -> MutationResult:
+    device = (await conn.execute(sa.select(devices.c.user_id, devices.c.epoch, devices.c.last_mutation_id).where(
+        devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id))).first()
+    if device is None:
+        raise LookupError(f"device {client_id} is not registered; touch it before pushing")
+    if device.user_id != principal.user_id:
+        # touch() refused this already; a move of the device since then lands here.
+        raise AuthError(ErrorCode.FORBIDDEN, f"device {client_id} belongs to another user")
     row = (await conn.execute(
         sa.select(mutation_ledger).where(
             mutation_ledger.c.tenant_id == principal.tenant_id,
             mutation_ledger.c.client_id == client_id,
+            mutation_ledger.c.epoch == device.epoch,
             mutation_ledger.c.mutation_id == m.id,
         )
     )).mappings().first()
     if row is not None:
         return _result_of(row)
-    high_water = await conn.scalar(sa.select(devices.c.last_mutation_id).where(
-        devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id))
-    if high_water is None:
-        raise LookupError(f"device {client_id} is not registered; touch it before pushing")
     return {"id": m.id, "status": "rejected", "code": ErrorCode.CONFLICT.value,
-            "message": f"mutation id {m.id} is not above {high_water}, the last this device sent; "
+            "message": f"mutation id {m.id} is not above {device.last_mutation_id}, the last this device sent; "
                        "ids must strictly increase"}
 
 
@@ -182,10 +188,16 @@ async def _call(hook: Callable[[], Any]) -> None:
         log.exception("after-commit hook failed")
 
 
-def _ledger_row(principal: Principal, client_id: str, m: Mutation, outcome: MutationResult) -> dict[str, Any]:
+def _ledger_row(principal: Principal, client_id: str, epoch: int, m: Mutation,
+                outcome: MutationResult) -> dict[str, Any]:
+    # Ledger ids are global while client ids are per tenant (and per epoch once moved):
+    # "<tenant>:<client>:<id>", or "<tenant>/<epoch>:<client>:<id>" from the first move on.
+    # Unambiguous whatever the client id holds: digits, then ":" or "/", then digits.
+    namespace = f"{principal.tenant_id}/{epoch}" if epoch else str(principal.tenant_id)
     return {
-        "id": f"{principal.tenant_id}:{client_id}:{m.id}",  # ids are global: client ids are per tenant
+        "id": f"{namespace}:{client_id}:{m.id}",
         "client_id": client_id,
+        "epoch": epoch,
         "mutation_id": m.id,
         "user_id": principal.user_id,
         "name": m.name[:64],

@@ -68,8 +68,8 @@ PUT, REMOVE = 1, 0
 mutation_ledger = sa.Table(
     "mutation_ledger",
     metadata,
-    # "<tenant>:<client_id>:<mutation id>", with ":<epoch>" before the id from a device's
-    # first move to another user on (see ``devices.epoch``)
+    # "<tenant>:<client_id>:<mutation id>"; "<tenant>/<epoch>:…" from a device's first move
+    # to another user on (see ``devices.epoch``)
     sa.Column("id", sa.String(180), primary_key=True),
     sa.Column("tenant_id", sa.Integer, nullable=False),
     sa.Column("client_id", sa.String(128), nullable=False),
@@ -211,6 +211,12 @@ class Database:
                 raise
             log.warning("database connection lost: %s", exc)
             raise StorageError() from exc
+
+    async def lock(self, conn: AsyncConnection, namespace: int, key: int) -> None:
+        """Serialise this write transaction with others taking the same ``(namespace, key)``
+        until it ends. SQLite has one writer at a time already."""
+        if not self.is_sqlite:
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": namespace, "b": key})
 
     def notify(self, tenant_id: int, seq: int, buckets: frozenset[str]) -> None:
         for listener in self.commit_listeners:

@@ -81,7 +81,8 @@ class Server:
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_")}
         return {**inherited, "FIELDSYNC_DATABASE_URL": self.settings.database_url,
                 "FIELDSYNC_JWT_SECRET": self.settings.jwt_secret.decode(),
-                "FIELDSYNC_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1", **self.extra}
+                "FIELDSYNC_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
+                "FIELDSYNC_MAX_DEVICES_PER_USER": str(self.settings.max_devices_per_user), **self.extra}
 
     def start(self, timeout: float = 30) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
