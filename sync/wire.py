@@ -43,22 +43,79 @@ def unpack(data: bytes, *, max_size: int) -> Any:
     """
     if len(data) > max_size:
         raise BadRequest(f"body of {len(data)} bytes exceeds the {max_size} byte limit", ErrorCode.PAYLOAD_TOO_LARGE)
+    check_lengths(data)
     try:
-        # The *_len limits stop a 5-byte header from announcing a 4 GB array.
+        # Belt and braces after check_lengths: no length can exceed the body.
         value = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
-            max_str_len=max_size,
-            max_bin_len=max_size,
-            max_array_len=max_size,
-            max_map_len=max_size,
+            max_str_len=len(data),
+            max_bin_len=len(data),
+            max_array_len=len(data),
+            max_map_len=len(data),
             max_ext_len=0,
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, TypeError) as exc:
         raise BadRequest(f"body is not valid msgpack: {exc or type(exc).__name__}") from exc
     check_values(value)
     return value
+
+
+# Bytes taken by a value that is whole after its first byte (0: a length or count follows).
+_FIXED = [0] * 256
+for _first in [*range(0x00, 0x80), *range(0xE0, 0x100), 0xC0, 0xC2, 0xC3]:
+    _FIXED[_first] = 1
+for _first in range(0xA0, 0xC0):
+    _FIXED[_first] = 1 + (_first & 0x1F)  # fixstr
+for _first, _size in {0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5,
+                      0xD3: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}.items():
+    _FIXED[_first] = _size
+# str, bin and ext with a length: (bytes of the length, bytes between it and the payload)
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),
+          0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}
+# array16/32 and map16/32: (bytes of the count, items per counted entry)
+_COUNTED = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+def check_lengths(data: bytes) -> None:
+    """Walk the document's headers without building anything: every container's count must
+    fit in the bytes that follow, together with what the open containers still announce
+    (each item takes at least one byte).
+
+    msgpack allocates a container from its header before reading the items, so 1,000
+    nested 5-byte headers announcing 60,000 items each cost ~70 MB before it finds the
+    input short; after this walk every announced item is backed by a byte of the body.
+    Strings, bins and scalars that overrun are left to msgpack, which refuses them before
+    allocating; so is nesting, bounded by msgpack's stack and then by ``check_values``.
+
+    Raises:
+        BadRequest: BAD_REQUEST, for the first count that overruns.
+    """
+    end, pos, pending = len(data), 0, 1
+    fixed, sized, counted = _FIXED, _SIZED, _COUNTED  # locals: this loop runs once per value
+    while pending and pos < end:
+        first = data[pos]
+        pending -= 1
+        if fixed[first]:
+            pos += fixed[first]
+            continue
+        if first in sized:
+            width, gap = sized[first]
+            pos += 1 + width + gap + int.from_bytes(data[pos + 1:pos + 1 + width], "big")
+            continue
+        if 0x80 <= first <= 0x9F:
+            width, count, per = 0, first & 0x0F, 2 if first < 0x90 else 1
+        elif first in counted:
+            width, per = counted[first]
+            count = int.from_bytes(data[pos + 1:pos + 1 + width], "big")
+        else:
+            return  # 0xc1, never used: msgpack refuses it
+        pos += 1 + width
+        pending += count * per
+        if pending > end - pos:
+            raise BadRequest(f"body is not valid msgpack: a header announces {count} items, more than"
+                             f" the {max(end - pos, 0)} bytes that follow")
 
 
 def check_values(value: Any, depth: int = 0) -> None:
