@@ -75,7 +75,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         super().data_received(data)
         # Counted after parsing: a read that also holds the end of the head is not a big head.
-        # httptools buffers at most one read (64-256 KB) past the limit before this check.
+        # httptools buffers at most one read (64-256 KB) past the limit before this check. (A
+        # read holding a request and the start of a pipelined one counts whole; phones do not
+        # pipeline.)
         if self._head is not None and not self._finishing and not self.transport.is_closing():
             self._head += len(data)
             if self._head > self.limits.max_head_bytes:
