@@ -280,7 +280,7 @@ def _auth_cases(services, w: World) -> dict[str, tuple[str | None, str]]:
         "basic scheme": ("Basic c2FsZXMxOnB3", "AUTH_INVALID"),
         "forged with another secret": (jwt.encode(_claims(w), OTHER_SECRET, algorithm="HS256"), "AUTH_INVALID"),
         "alg none": (jwt.encode(_claims(w), None, algorithm="none"), "AUTH_INVALID"),
-        "expired": (token(services, w.sales1, "salesperson", ttl=-10), "AUTH_INVALID"),
+        "expired": (token(services, w.sales1, "salesperson", ttl=-120), "AUTH_INVALID"),  # past the 30 s leeway
         "other tenant's user under tid 1": (token(services, w.intruder, "salesperson", tenant_id=1), "AUTH_INVALID"),
         "role differs from the db": (token(services, w.sales1, "admin"), "AUTH_INVALID"),
         "pos user claiming salesperson": (token(services, w.pos1, "salesperson"), "AUTH_INVALID"),
