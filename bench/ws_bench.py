@@ -87,10 +87,11 @@ async def connect_all(devices: list[Device] | list[RawDevice], parallel: int = 2
 
 
 async def caught_up_cursor(base: str, token: str) -> bytes:
+    client_id = f"bench-seed-{uuid.uuid4().hex[:8]}"  # a device belongs to one user: one per call
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
         cursor = None
         while True:
-            body = msgpack.packb({"v": 1, "client_id": "bench-seed", "cursor": cursor, "limit": 10000})
+            body = msgpack.packb({"v": 1, "client_id": client_id, "cursor": cursor, "limit": 10000})
             batch = msgpack.unpackb((await http.post("/sync/pull", content=body, headers={
                 "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack"})).content)
             cursor = batch["cursor"]
@@ -232,10 +233,11 @@ async def sustained(base: str, tokens: dict, devices_n: int, seconds: float, bat
 
 
 async def shop_stock_ids(base: str, token: str) -> list[int]:
+    client_id = f"bench-ids-{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
         ids, cursor = [], None
         while True:
-            body = msgpack.packb({"v": 1, "client_id": "bench-ids", "cursor": cursor, "limit": 10000})
+            body = msgpack.packb({"v": 1, "client_id": client_id, "cursor": cursor, "limit": 10000})
             batch = msgpack.unpackb((await http.post("/sync/pull", content=body, headers={
                 "Authorization": f"Bearer {token}", "Content-Type": "application/msgpack"})).content)
             ids += [r[0] for r in batch["data"].get("stock", {}).get("rows", [])]
