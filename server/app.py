@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -33,7 +34,7 @@ from .fanout import MemoryFanout, Notice, RedisFanout
 from .live import Hub
 from .auth import TokenService, switched_off
 from .config import Settings
-from .errors import on_sync_error, on_unexpected
+from .errors import on_client_disconnect, on_sync_error, on_unexpected
 from .observe import Observe, instrument_database
 
 log = logging.getLogger("fieldsync")
@@ -142,7 +143,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         routes=routes,
         lifespan=lifespan,
         middleware=[Middleware(Observe)] * settings.metrics + [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)],
-        exception_handlers={SyncError: on_sync_error, Exception: on_unexpected},
+        exception_handlers={SyncError: on_sync_error, ClientDisconnect: on_client_disconnect,
+                            Exception: on_unexpected},
     )
     if services is not None:  # in-process tests: usable without running the lifespan
         app.state.services = services

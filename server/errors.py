@@ -11,6 +11,8 @@ from starlette.responses import Response
 from sync import wire
 from sync.errors import ErrorCode, SyncError
 
+from . import metrics
+
 log = logging.getLogger("fieldsync.errors")
 
 MSGPACK = "application/msgpack"
@@ -35,6 +37,13 @@ async def on_sync_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SyncError)
     request.state.error_code = exc.code.value
     return error_response(request, exc)
+
+
+async def on_client_disconnect(request: Request, exc: Exception) -> Response:
+    """The device went away mid-request: not a fault. The access log line (status 499, code
+    CLIENT_DISCONNECT) is the only record; the response goes nowhere."""
+    request.state.error_code = metrics.CLIENT_DISCONNECT
+    return Response(status_code=metrics.CLIENT_DISCONNECT_STATUS)
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 
 from prometheus_client import Counter
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from sync import devices, messages, wire
@@ -71,6 +71,9 @@ def outcome(counter: Counter) -> Iterator[None]:
         yield
     except SyncError as error:
         counter.labels(error.code.value).inc()
+        raise
+    except ClientDisconnect:
+        counter.labels(metrics.CLIENT_DISCONNECT).inc()
         raise
     except Exception:
         counter.labels(ErrorCode.INTERNAL.value).inc()

@@ -3,7 +3,8 @@
 Several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set (see docs/operations.md), every ``web``
 process and the worker write their samples there and any one ``/metrics`` serves the sum;
 without it each process serves its own registry. No label takes unbounded values: routes
-are templates, datasets and mutation names come from the registry, codes from ErrorCode.
+are templates, datasets and mutation names come from the registry, codes from ErrorCode
+(and ``CLIENT_DISCONNECT``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 LAG = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 POSITIONS = (0, 1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+# The outcome of a request whose device went away before its body arrived (signal lost, or the
+# body timeout of server/http_protocol.py). Not an ErrorCode: no one is left to receive it.
+# It is counted under this code and the nginx-style status 499, which no alert treats as a fault.
+CLIENT_DISCONNECT = "CLIENT_DISCONNECT"
+CLIENT_DISCONNECT_STATUS = 499
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...] = (), mode: str = "livesum") -> Gauge:
