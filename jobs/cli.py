@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.config import Settings
+from server.startup import connect_or_explain
 from sync import compaction
 from sync.storage import Database
 
@@ -95,6 +96,7 @@ def _run(settings: Settings, work: Callable[[Database], Any]) -> Any:
     async def main() -> Any:
         db = Database(settings.database_url)
         try:
+            await connect_or_explain(db, settings.database_url)
             return await work(db)
         finally:
             await db.dispose()

@@ -20,6 +20,7 @@ from sync.storage import Database
 
 from .config import Settings
 from .observe import configure_logging
+from .startup import StartupError, connect_or_explain
 
 log = logging.getLogger("fieldsync")
 
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         "serve": cmd_serve, "migrate": cmd_migrate, "demo": cmd_demo, "token": cmd_token, "import": cmd_import,
         "devices": cmd_devices, **job_commands,
     }
-    return handlers[args.command](settings, args)
+    try:
+        return handlers[args.command](settings, args)
+    except StartupError as exc:
+        print(f"fieldsync {args.command}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
@@ -74,6 +79,7 @@ def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.database_url)
         try:
+            await connect_or_explain(db, settings.database_url)
             return await work(db)
         finally:
             await db.dispose()

@@ -148,6 +148,29 @@ def test_console_script_migrate(env):
     assert query(env, "SELECT count(*) FROM log_head") == [(0,)]
 
 
+def _unused_port() -> int:
+    from .live_support import free_port
+
+    return free_port()
+
+
+@pytest.mark.parametrize("command", ["migrate", "serve", "demo"])
+@pytest.mark.parametrize("url,words", [
+    ("postgresql://postgres@127.0.0.1:{port}/test", ["connection refused", "PostgreSQL is running"]),
+    ("postgresql://postgres@127.0.0.1:5432/fieldsync_no_such_db", ["does not exist", "createdb"]),
+    ("sqlite:////nonexistent-dir/fieldsync.db", ["unable to open", "writable"]),
+])
+def test_an_unusable_database_is_one_line_not_a_traceback(env, command, url, words):
+    url = url.format(port=_unused_port())
+    result = run({**env, "FIELDSYNC_DATABASE_URL": url}, command)
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = [ln for ln in result.stderr.splitlines() if not ln.startswith("{")]  # JSON lines are logs
+    assert line.startswith(f"fieldsync {command}: cannot use the database ")
+    assert all(word in line for word in words), line
+    assert "FIELDSYNC_DATABASE_URL" in line
+
+
 # -- import --------------------------------------------------------------------------
 
 
