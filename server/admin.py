@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from sync import devices, wire
+from sync.messages import check_text
 from sync.changes import write_changes
 from sync.errors import AuthError, BadRequest, ErrorCode
 from sync.schema import MAX_ID, Principal, Registry, wire_type
@@ -68,10 +69,22 @@ def check_rows(name: str, rows: Any) -> list[dict[str, Any]]:
     return checked
 
 
+def check_keys(name: str, keys: Any) -> list[int]:
+    """Validate ``delete``: integer ids the table's id column can hold (a driver refuses others)."""
+    if not isinstance(keys, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
+        raise BadRequest("`delete` must be an array of integer ids")
+    table, _ = WRITABLE[name]
+    for index, key in enumerate(keys):
+        _check_fits(table.c.id, key, f"`delete` id {index}")
+    return keys
+
+
 def _check_fits(column: sa.Column, value: Any, what: str) -> None:
     """Refuse what the column cannot hold, instead of letting PostgreSQL fail (SQLite would not)."""
     if isinstance(column.type, sa.String) and column.type.length and len(value) > column.type.length:
         raise BadRequest(f"{what} is longer than {column.type.length} characters")
+    if isinstance(value, str):
+        check_text(value, what)
     if isinstance(value, int) and not isinstance(value, bool):
         bound = 2**63 if isinstance(column.type, sa.BigInteger) else 2**31
         if not -bound <= value < bound:
@@ -122,7 +135,7 @@ async def enrol(request: Request) -> Response:
             users.c.tenant_id == principal.tenant_id, users.c.id == user_id))
     if not active:
         raise BadRequest(f"`user_id` {user_id} is not an active user of this tenant")
-    client_id = request.path_params["client_id"]
+    client_id = check_text(request.path_params["client_id"], "`client_id`")
     if not await devices.move(services.db, principal.tenant_id, client_id, user_id):
         raise BadRequest(f"no device {client_id!r} in this tenant")
     await services.fanout.publish(Notice(principal.tenant_id, revoke_client=client_id))
@@ -132,7 +145,7 @@ async def enrol(request: Request) -> Response:
 async def _set_revoked(request: Request, *, revoked: bool) -> Response:
     services = request.app.state.services
     principal = await _admin(request)
-    client_id = request.path_params["client_id"]
+    client_id = check_text(request.path_params["client_id"], "`client_id`")
     if not await devices.set_revoked(services.db, principal.tenant_id, client_id, revoked):
         raise BadRequest(f"no device {client_id!r} in this tenant")
     if revoked:
@@ -152,9 +165,7 @@ async def write(request: Request) -> Response:
     if not isinstance(body, dict):
         raise BadRequest("body must be a map {upsert: [...], delete: [...]}")
     rows = check_rows(name, body.get("upsert", []))
-    keys = body.get("delete", [])
-    if not isinstance(keys, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
-        raise BadRequest("`delete` must be an array of integer ids")
+    keys = check_keys(name, body.get("delete", []))
     counts = await apply(services.db, services.registry, principal.tenant_id, name, rows, keys)
     if name in ("users", "branches"):
         # Sessions re-read their user: a new branch or pricelist resets what it affects, and a
@@ -166,5 +177,7 @@ async def write(request: Request) -> Response:
 def _json(raw: bytes) -> Any:
     try:
         return json.loads(raw)
+    except RecursionError:  # the decoder recurses per level: ~1,000 levels exhaust the stack
+        raise BadRequest("body is not valid JSON: nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None

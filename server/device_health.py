@@ -20,6 +20,7 @@ Served as ``GET /admin/devices`` (role admin; ``?behind=1h``) and ``fieldsync de
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from .domain.tables import tenants, users
 from .http import authenticate
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_MAX_DURATION = 100 * 365 * 86_400  # a century: any longer is a typo, and may not be finite
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 
 
@@ -71,8 +73,11 @@ def parse_duration(text: str) -> float:
     """
     match = _DURATION.match(text or "")
     if match is None:
-        raise BadRequest(f"{text!r} is not a duration such as 30m, 1h or 2d")
-    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+        raise BadRequest(f"{text[:40]!r} is not a duration such as 30m, 1h or 2d")
+    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if not math.isfinite(seconds) or seconds > _MAX_DURATION:
+        raise BadRequest(f"the duration {text[:40]!r} is longer than 100 years")
+    return seconds
 
 
 async def device_health(db: Database, tenant_id: int, *, behind: float | None = None,

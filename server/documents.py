@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 
 from sync.changes import now_ms
 from sync.errors import ErrorCode
+from sync.messages import check_text
 from sync.schema import Principal, Registry
 from sync.storage import Database
 
@@ -52,7 +53,7 @@ async def visible(db: Database, registry: Registry, principal: Principal, table:
 async def fetch(request: Request) -> Response:
     services = request.app.state.services
     principal = await authenticate(request)
-    file_id = request.path_params["id"]
+    file_id = check_text(request.path_params["id"], "the document id")
     async with services.db.read() as conn:
         found = (await conn.execute(sa.select(document_files).where(
             document_files.c.id == file_id, document_files.c.tenant_id == principal.tenant_id,

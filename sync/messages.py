@@ -91,7 +91,19 @@ def client_id_of(body: dict) -> str:
     client_id = _require(body, "client_id", str)
     if not 1 <= len(client_id) <= 128:
         raise BadRequest("`client_id` must be 1 to 128 characters")
-    return client_id
+    return check_text(client_id, "`client_id`")
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if both databases store it as given: PostgreSQL refuses NUL in text, and a
+    lone surrogate (JSON's ``"\\ud800"``; msgpack cannot carry one) has no UTF-8 encoding."""
+    if "\x00" in value:
+        raise BadRequest(f"{what} may not contain the NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"{what} contains a lone surrogate (\\ud800-\\udfff): not valid Unicode") from None
+    return value
 
 
 def parse_pull(body: Any, minimum: int = MIN_PROTOCOL_VERSION) -> PullRequest:
