@@ -38,7 +38,7 @@ class Credential:
 
 def _not_owner(client_id: str) -> AuthError:
     return AuthError(ErrorCode.FORBIDDEN, f"device {client_id} belongs to another user; an admin can move it "
-                                          "to you (POST /admin/devices/{client_id}/enrol with user_id)")
+                                          f"to you (POST /admin/devices/{client_id}/enrol with user_id)")
 
 
 async def touch(db: Database, principal: Principal, client_id: str, *, credential: Credential | None = None,
