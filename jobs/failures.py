@@ -76,8 +76,9 @@ async def reopen(db: Database, registry: Registry, failure: Failure) -> None:
     key = failure.args[1]
     if failure.task == "notice_deliver":
         async with db.write() as conn:
-            await conn.execute(sa.update(notices).where(notices.c.id == key, notices.c.status == "failed")
-                               .values(status="pending"))
+            await conn.execute(sa.update(notices).where(
+                notices.c.tenant_id == failure.tenant_id, notices.c.id == key, notices.c.status == "failed",
+            ).values(status="pending"))
         return
     table = {"invoice_render": invoices, "report_render": documents}.get(failure.task)
     if table is None:

@@ -67,7 +67,8 @@ async def invoice_sheet(conn: AsyncConnection, tenant_id: int, invoice: dict[str
     meta = [("Invoice no.", invoice["number"]), ("Order" if is_order else "Sale", source["number"]),
             ("Date", day(when)), ("Currency", currency)]
     if not is_order:
-        shop = await conn.scalar(sa.select(branches.c.name).where(branches.c.id == source["branch_id"]))
+        shop = await conn.scalar(sa.select(branches.c.name).where(
+            branches.c.tenant_id == tenant_id, branches.c.id == source["branch_id"]))
         meta.append(("Shop", shop or str(source["branch_id"])))
     rows = [[str(n), names.get(line["product_id"], f"product {line['product_id']}"), str(line["qty"]),
              format_money(line["price"], currency), format_money(line["amount"], currency)]

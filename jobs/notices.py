@@ -1,9 +1,9 @@
 """The notice outbox: deliver a ``notices`` row by SMTP, or to a file in the embedded default.
 
-At least once, never twice: the row's id is the de-duplication key. A row already
-``sent`` is not sent again, so a retried or duplicated job is harmless; the file sink
-names its file after the key (a second write is skipped); SMTP mail carries the key as
-its ``Message-ID``, so the one remaining window (the server accepted the mail but the
+At least once, never twice: the row's tenant and id are the de-duplication key. A row
+already ``sent`` is not sent again, so a retried or duplicated job is harmless; the file
+sink names its file after the key (a second write is skipped); SMTP mail carries the key
+as its ``Message-ID``, so the one remaining window (the server accepted the mail but the
 worker died before recording it) leaves a duplicate the mail system can recognise.
 """
 
@@ -31,6 +31,12 @@ class Transport(Protocol):
 
 def safe_key(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", key)
+
+
+def delivery_key(tenant_id: int, notice_id: str) -> str:
+    """The key a transport sees: notice ids are unique per tenant only (two tenants' orders
+    may share a UUID), while files of the outbox and Message-IDs are one namespace."""
+    return f"t{tenant_id}-{notice_id}"
 
 
 class FileTransport:
@@ -83,14 +89,15 @@ def compose(row: dict[str, Any], sender: str) -> EmailMessage:
     message["To"] = row["recipient"]
     message["Subject"] = row["subject"]
     message["Date"] = formatdate(row["created_at"] / 1000, usegmt=True)
-    message["Message-ID"] = f"<{safe_key(row['id'])}@fieldsync>"
+    message["Message-ID"] = f"<{safe_key(delivery_key(row['tenant_id'], row['id']))}@fieldsync>"
     message.set_content(row["body"])
     return message
 
 
-async def _set(db: Database, notice_id: str, **values: Any) -> None:
+async def _set(db: Database, tenant_id: int, notice_id: str, **values: Any) -> None:
     async with db.write() as conn:
-        await conn.execute(sa.update(notices).where(notices.c.id == notice_id).values(**values))
+        await conn.execute(sa.update(notices).where(
+            notices.c.tenant_id == tenant_id, notices.c.id == notice_id).values(**values))
 
 
 async def deliver(db: Database, tenant_id: int, notice_id: str, transport: Transport, sender: str) -> str:
@@ -102,13 +109,13 @@ async def deliver(db: Database, tenant_id: int, notice_id: str, transport: Trans
             notices.c.tenant_id == tenant_id, notices.c.id == notice_id))).mappings().first()
     if row is None or row["status"] != "pending" or not row["recipient"]:
         return "missing" if row is None else row["status"]
-    await _set(db, notice_id, attempts=notices.c.attempts + 1)
+    await _set(db, tenant_id, notice_id, attempts=notices.c.attempts + 1)
     try:
-        transport.send(compose(dict(row), sender), notice_id)
+        transport.send(compose(dict(row), sender), delivery_key(tenant_id, notice_id))
     except Exception as exc:
-        await _set(db, notice_id, last_error=f"{type(exc).__name__}: {exc}"[:300])
+        await _set(db, tenant_id, notice_id, last_error=f"{type(exc).__name__}: {exc}"[:300])
         raise
-    await _set(db, notice_id, status="sent", sent_at=now_ms(), last_error=None)
+    await _set(db, tenant_id, notice_id, status="sent", sent_at=now_ms(), last_error=None)
     return "sent"
 
 

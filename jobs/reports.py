@@ -73,7 +73,8 @@ async def daily_sales_sheet(conn: AsyncConnection, tenant_id: int, doc: dict[str
     else:
         found = (await conn.execute(
             sa.select(orders.c.taken_at, orders.c.number, customers.c.name, orders.c.total)
-            .join(customers, customers.c.id == orders.c.customer_id)
+            .join(customers, sa.and_(customers.c.tenant_id == orders.c.tenant_id,
+                                     customers.c.id == orders.c.customer_id))
             .where(orders.c.tenant_id == tenant_id, orders.c.salesperson_id == doc["user_id"],
                    orders.c.status != "cancelled", orders.c.taken_at >= start, orders.c.taken_at < end)
             .order_by(orders.c.taken_at))).all()

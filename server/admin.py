@@ -1,13 +1,15 @@
 """Back-office writes: ``POST /admin/{table}`` with ``{upsert: [rows], delete: [keys]}``.
 
 Generic over the tables below; each write goes through a ChangeSet, so it reaches the
-change log and every device whose scope it touches, like any device mutation.
+change log and every device whose scope it touches, like any device mutation. A write
+only names rows of the writer's tenant: its ids and the columns the domain declares as
+references (``info["ref"]``, see ``server/domain/tables.py``) are checked before it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,6 +21,7 @@ from sync.messages import check_text
 from sync.changes import write_changes
 from sync.errors import AuthError, BadRequest, ErrorCode
 from sync.schema import MAX_ID, Principal, Registry, wire_type
+from sync.storage import metadata
 
 from .auth import ROLES
 from .fanout import Notice
@@ -95,14 +98,88 @@ async def apply(db, registry: Registry, tenant_id: int, name: str,
                 upsert: Sequence[Mapping[str, Any]], delete: Sequence[Any]) -> dict[str, int]:
     """Apply one back-office batch in one transaction (also used by ``fieldsync import``)."""
     table, _ = WRITABLE[name]
+    rows = list(upsert)
     try:
         async with write_changes(db, registry, tenant_id) as changes:
-            await changes.upsert(table, list(upsert))
+            await _check_ids(changes.conn, tenant_id, table, rows)
+            await _check_references(changes.conn, tenant_id, table, rows)
+            await changes.upsert(table, rows)
             deleted = await changes.delete(table, list(delete))
-    except (sa.exc.IntegrityError, sa.exc.DataError) as exc:
-        raise BadRequest(f"the batch conflicts with existing rows (a duplicate or a row of another tenant): "
-                         f"{str(exc.orig).splitlines()[0][:200]}") from None
-    return {"upserted": len(upsert), "deleted": deleted}
+    except sa.exc.IntegrityError as exc:
+        raise BadRequest(_clash(table, str(exc.orig))) from None
+    except sa.exc.DataError:
+        raise BadRequest("a value of the batch cannot be stored in its column "
+                         "(out of the column's range, or a character the database refuses)") from None
+    return {"upserted": len(rows), "deleted": deleted}
+
+
+_CHUNK = 500  # values per IN (...) list
+
+
+async def _ids_among(conn, table: sa.Table, ids: Sequence[Any], *where: sa.ColumnElement[bool]) -> set[Any]:
+    """Which of ``ids`` name a row of ``table`` passing ``where``."""
+    found: set[Any] = set()
+    for start in range(0, len(ids), _CHUNK):
+        query = sa.select(table.c.id).where(table.c.id.in_(ids[start:start + _CHUNK]), *where)
+        found.update((await conn.execute(query)).scalars())
+    return found
+
+
+async def _check_ids(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:
+    """Refuse an id another tenant's row holds: the back office's integer ids are global, so
+    ChangeSet.upsert (which looks for the id in the writer's tenant) would insert it and fail."""
+    taken = await _ids_among(conn, table, sorted({row["id"] for row in rows}), table.c.tenant_id != tenant_id)
+    for index, row in enumerate(rows):
+        if row["id"] in taken:
+            raise BadRequest(f"row {index}: `id` {row['id']} is in use outside this tenant "
+                             f"(ids of {table.name} are shared by all tenants); choose another")
+
+
+def references(table: sa.Table) -> dict[str, list[str]]:
+    """The tables ``table``'s columns name rows of, each with those columns."""
+    found: dict[str, list[str]] = {}
+    for column in table.c:
+        if "ref" in column.info:
+            found.setdefault(column.info["ref"], []).append(column.name)
+    return found
+
+
+async def _check_references(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:
+    """Refuse a row naming a row of another tenant, or none: one query per referenced table."""
+    for target_name, columns in references(table).items():
+        target = metadata.tables[target_name]
+        named = _named(rows, columns)
+        found = await _ids_among(conn, target, sorted(set(named)), target.c.tenant_id == tenant_id)
+        for value, (index, column) in named.items():
+            if value not in found:
+                raise BadRequest(f"row {index}: `{column}` {value} is not a {_singular(target_name)} of this tenant",
+                                 ErrorCode.INVALID_ARGS)
+
+
+def _named(rows: Iterable[Mapping[str, Any]], columns: list[str]) -> dict[Any, tuple[int, str]]:
+    """Each value the columns name, with its first row and column (what a refusal quotes)."""
+    named: dict[Any, tuple[int, str]] = {}
+    for index, row in enumerate(rows):
+        for column in columns:
+            if row.get(column) is not None:
+                named.setdefault(row[column], (index, column))
+    return named
+
+
+def _singular(table_name: str) -> str:
+    return table_name[:-2] if table_name.endswith("ches") else table_name[:-1]
+
+
+def _clash(table: sa.Table, error: str) -> str:
+    """What a unique key the batch broke means in the request's terms. The database's text
+    only picks the key (PostgreSQL names the constraint, SQLite its columns); it is never quoted."""
+    for key in [c for c in table.constraints if isinstance(c, sa.UniqueConstraint)]:
+        columns = [c.name for c in key.columns if c.name != "tenant_id"]
+        if f'"{key.name}"' in error or all(f"{table.name}.{c}" in error for c in columns):
+            listed = ", ".join(f"`{c}`" for c in columns)
+            return f"two rows of this tenant would have the same {listed} (two of the batch, or one and a stored row)"
+    # Checked before the write, so only a concurrent write can take an id meanwhile.
+    return "an `id` of the batch was taken meanwhile by another write; send the batch again"
 
 
 async def _admin(request: Request) -> Principal:

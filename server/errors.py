@@ -29,8 +29,8 @@ def error_response(request: Request, error: SyncError) -> Response:
     body = {"error": error.to_wire()}
     headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
     if wants_json(request):
-        return Response(json.dumps(body), error.code.http, headers, media_type="application/json")
-    return Response(wire.pack(body), error.code.http, headers, media_type=MSGPACK)
+        return Response(json.dumps(body), error.status, headers, media_type="application/json")
+    return Response(wire.pack(body), error.status, headers, media_type=MSGPACK)
 
 
 async def on_sync_error(request: Request, exc: Exception) -> Response:

@@ -75,11 +75,15 @@ class ChangeSet:
                 row.setdefault(col, value)
 
     async def upsert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert new rows, update the given columns of existing ones."""
+        """Insert new rows, update the given columns of existing ones; of a key given
+        twice, the later values win (a new key is inserted once, with both merged)."""
         synced = self._synced(table)
         old = await self._old_rows(synced, [row[synced.key] for row in rows], full=True)
-        fresh = [row for row in rows if _k(row[synced.key]) not in old]
-        await self.insert(table, fresh)
+        fresh: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            if (key := _k(row[synced.key])) not in old:
+                fresh[key] = {**fresh.get(key, {}), **row}
+        await self.insert(table, list(fresh.values()))
         await self._apply_updates(synced, [(old[_k(row[synced.key])], dict(row))
                                            for row in rows if _k(row[synced.key]) in old])
 

@@ -7,7 +7,8 @@ follow this table.
 Exception tree::
 
     SyncError                   a request-level failure, carries an ErrorCode
-    ├── BadRequest              BAD_REQUEST / UNSUPPORTED_VERSION / PAYLOAD_TOO_LARGE
+    ├── BadRequest              BAD_REQUEST / UNSUPPORTED_VERSION / PAYLOAD_TOO_LARGE, or
+    │                           INVALID_ARGS (400) for an admin write naming a row outside its tenant
     ├── AuthError               AUTH_REQUIRED / AUTH_INVALID / FORBIDDEN
     ├── StorageError            UNAVAILABLE: the database failed; wraps the driver error
     └── RevokedError            REVOKED: the device or its user was switched off by an admin
@@ -61,6 +62,8 @@ class SyncError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        # A mutation code (status 200 inside push results) refusing a whole request is a 400.
+        self.status = code.http if code.http >= 400 else 400
 
     def to_wire(self) -> dict:
         body: dict = {"code": self.code.value, "message": self.message}

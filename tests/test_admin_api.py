@@ -375,3 +375,14 @@ async def test_bulk_batches_write_and_log_like_single_rows(services, client):
     catalog = pos.replica.rows("catalog")
     assert {n for n in range(1, 121) if n in catalog} == {n for n, (_, active) in expected.items() if active}
     assert all(catalog[n]["name"] == expected[n][0] for n in range(1, 121) if n in catalog)
+
+
+@pytest.mark.parametrize("fmt", ["json", "msgpack"])
+async def test_a_new_id_named_twice_is_one_row_with_the_later_values(services, client, fmt):
+    """As for an existing key: the later values win, instead of a clash with itself."""
+    w = await seed(services)
+    twice = [new_product(600, name="first"), {"id": 600, "name": "second", "barcode": "42"}]
+    response, decoded = await admin_post(client, "products", {"upsert": twice}, admin_token(services, w), fmt)
+    assert response.status_code == 200, decoded
+    stored = await row(services, products, 600)
+    assert (stored["name"], stored["barcode"], stored["sku"]) == ("second", "42", "SKU-0600")

@@ -112,7 +112,7 @@ async def test_order_confirmation_goes_to_the_file_sink_once(services, client, t
     [mail] = list((tmp_path / "outbox").glob("*.eml"))
     message = email.message_from_bytes(mail.read_bytes())
     assert message["To"] == "buyer@example.com" and first["result"]["number"] in message.get_payload()
-    assert message["Message-ID"].strip() == f"<order-confirmation_{first['result']['order_id']}@fieldsync>"
+    assert message["Message-ID"].strip() == f"<t1-order-confirmation_{first['result']['order_id']}@fieldsync>"
     assert await asyncio.to_thread(services.jobs.tasks.notice_deliver.call_local, 1, key) == "sent"
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
     assert (await rows(services, notices, notices.c.id == key))[0]["attempts"] == 1

@@ -1,7 +1,8 @@
 """Tables the background jobs write: requested documents (synced), stored PDF files,
 the notice outbox and the record of jobs that ran out of retries (not synced).
 
-Migration: ``server/migrations/versions/0002_jobs.py``.
+Migrations: ``server/migrations/versions/0002_jobs.py``; keyed by ``(tenant_id, id)`` since
+``0005_tenant_scoped_ids.py`` (their ids derive from device-made UUIDs, unique per tenant).
 """
 
 from __future__ import annotations
@@ -10,15 +11,15 @@ import sqlalchemy as sa
 
 from sync.storage import metadata
 
-from .tables import invoices
+from .tables import invoices, ref, tenant_key
 
 TIME = {"wire": "time"}
 
 documents = sa.Table(
     "documents", metadata,
-    sa.Column("id", sa.String(36), primary_key=True),  # UUID made on the device (report.request's `id`)
+    sa.Column("id", sa.String(36)),  # UUID made on the device (report.request's `id`)
     sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("user_id", sa.Integer, nullable=False),  # who asked; the dataset's scope
+    sa.Column("user_id", sa.Integer, nullable=False, info=ref("users")),  # who asked; the dataset's scope
     sa.Column("kind", sa.String(24), nullable=False),  # customer_statement | daily_sales
     sa.Column("params", sa.JSON, nullable=False),
     sa.Column("title", sa.String(120), nullable=False),
@@ -27,11 +28,12 @@ documents = sa.Table(
     sa.Column("requested_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Column("ready_at", sa.BigInteger, info=TIME),
     sa.Index("ix_documents_user", "tenant_id", "user_id"),
+    tenant_key("documents"),
 )
 
 document_files = sa.Table(
     "document_files", metadata,
-    sa.Column("id", sa.String(40), primary_key=True),  # the `{id}` of GET /documents/{id}
+    sa.Column("id", sa.String(40)),  # the `{id}` of GET /documents/{id}
     sa.Column("tenant_id", sa.Integer, nullable=False),
     # The synced row the file belongs to: reading the file is allowed to whoever's datasets hold that row.
     sa.Column("source_table", sa.String(40), nullable=False),
@@ -41,11 +43,12 @@ document_files = sa.Table(
     sa.Column("body", sa.LargeBinary, nullable=False),
     sa.Column("size", sa.Integer, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    tenant_key("document_files"),
 )
 
 notices = sa.Table(
     "notices", metadata,
-    sa.Column("id", sa.String(80), primary_key=True),  # the de-duplication key, e.g. order-confirmation:<order id>
+    sa.Column("id", sa.String(80)),  # the de-duplication key within the tenant, e.g. order-confirmation:<order id>
     sa.Column("tenant_id", sa.Integer, nullable=False),
     sa.Column("kind", sa.String(24), nullable=False),
     sa.Column("recipient", sa.String(120)),
@@ -57,6 +60,7 @@ notices = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("sent_at", sa.BigInteger),
     sa.Index("ix_notices_status", "status", "created_at"),
+    tenant_key("notices"),
 )
 
 jobs_failed = sa.Table(

@@ -98,7 +98,10 @@ async def next_number(ctx: MutationContext, name: str, prefix: str) -> str:
 
 
 async def ensure_new(ctx: MutationContext, table: sa.Table, row_id: str) -> None:
-    exists = await ctx.conn.scalar(sa.select(table.c.id).where(table.c.id == row_id))
+    """Refuse a device-made id the tenant holds already; other tenants' ids are no concern
+    (keys are ``(tenant_id, id)``), and must not be: a refusal would say that they exist."""
+    exists = await ctx.conn.scalar(sa.select(table.c.id).where(
+        table.c.tenant_id == ctx.principal.tenant_id, table.c.id == row_id))
     if exists is not None:
         raise reject(ErrorCode.CONFLICT, f"{table.name[:-1]} {row_id} already exists")
 

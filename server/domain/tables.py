@@ -2,6 +2,13 @@
 
 Money is integer minor units with an ISO currency code; times are ms since the epoch.
 Rows made on devices (orders, sales, payments, visits) have device-made UUID keys.
+
+Keys are unique per tenant: device-made UUIDs and the ids derived from them or from
+integer ids (invoices ``inv-<order id>``, dashboards ``user:<id>``) are keyed by
+``(tenant_id, id)``, so one tenant can neither collide with nor learn of another's. The
+integer ids of the back-office tables are still global (the database assigns them).
+A column naming a row of another table says so with :func:`ref`; the admin API checks
+that such a value names a row of the writer's tenant.
 """
 
 from __future__ import annotations
@@ -18,8 +25,15 @@ def _tenant() -> sa.Column:
     return sa.Column("tenant_id", sa.Integer, sa.ForeignKey("tenants.id"), nullable=False)
 
 
-def _uuid_key() -> sa.Column:
-    return sa.Column("id", sa.String(36), primary_key=True)
+def tenant_key(table: str) -> sa.PrimaryKeyConstraint:
+    """The key of a table whose ids are unique per tenant (named as PostgreSQL names it)."""
+    return sa.PrimaryKeyConstraint("tenant_id", "id", name=f"{table}_pkey")
+
+
+def ref(table: str) -> dict[str, str]:
+    """``info`` of a column naming a row of ``table`` in the same tenant. Not a database
+    foreign key: integer ids are global, and such a key could not say "of this tenant"."""
+    return {"ref": table}
 
 
 tenants = sa.Table(
@@ -36,7 +50,7 @@ branches = sa.Table(
     _tenant(),
     sa.Column("name", sa.String(120), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),  # warehouse | shop
-    sa.Column("pricelist_id", sa.Integer),  # what a POS terminal of this branch sells at
+    sa.Column("pricelist_id", sa.Integer, info=ref("pricelists")),  # what a POS terminal of this branch sells at
     sa.Column("address", sa.String(200)),
 )
 
@@ -47,7 +61,7 @@ users = sa.Table(
     sa.Column("username", sa.String(64), nullable=False),
     sa.Column("name", sa.String(120), nullable=False),
     sa.Column("role", sa.String(16), nullable=False),  # salesperson | pos | admin
-    sa.Column("branch_id", sa.Integer),  # salesperson: their warehouse; pos: their shop
+    sa.Column("branch_id", sa.Integer, info=ref("branches")),  # salesperson: their warehouse; pos: their shop
     sa.Column("month_target", sa.BigInteger, info=MONEY),
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     sa.UniqueConstraint("tenant_id", "username", name="uq_users_username"),
@@ -71,9 +85,9 @@ customers = sa.Table(
     sa.Column("email", sa.String(120)),
     sa.Column("address", sa.String(200)),
     sa.Column("city", sa.String(80)),
-    sa.Column("salesperson_id", sa.Integer),
-    sa.Column("branch_id", sa.Integer),
-    sa.Column("pricelist_id", sa.Integer, nullable=False),
+    sa.Column("salesperson_id", sa.Integer, info=ref("users")),
+    sa.Column("branch_id", sa.Integer, info=ref("branches")),
+    sa.Column("pricelist_id", sa.Integer, nullable=False, info=ref("pricelists")),
     sa.Column("credit_limit", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("balance", sa.BigInteger, nullable=False, server_default="0", info=MONEY),
     sa.Column("currency", sa.String(3), nullable=False),
@@ -100,8 +114,8 @@ prices = sa.Table(
     "prices", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     _tenant(),
-    sa.Column("pricelist_id", sa.Integer, nullable=False),
-    sa.Column("product_id", sa.Integer, nullable=False),
+    sa.Column("pricelist_id", sa.Integer, nullable=False, info=ref("pricelists")),
+    sa.Column("product_id", sa.Integer, nullable=False, info=ref("products")),
     sa.Column("amount", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("valid_from", sa.BigInteger, nullable=False, info=TIME),
@@ -113,8 +127,8 @@ stock = sa.Table(
     "stock", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
     _tenant(),
-    sa.Column("branch_id", sa.Integer, nullable=False),
-    sa.Column("product_id", sa.Integer, nullable=False),
+    sa.Column("branch_id", sa.Integer, nullable=False, info=ref("branches")),
+    sa.Column("product_id", sa.Integer, nullable=False, info=ref("products")),
     sa.Column("on_hand", sa.Integer, nullable=False),
     sa.Column("reserved", sa.Integer, nullable=False, server_default="0"),
     sa.Column("negative", sa.Boolean, nullable=False, server_default=sa.false()),  # flagged for a stock count
@@ -123,12 +137,12 @@ stock = sa.Table(
 
 orders = sa.Table(
     "orders", metadata,
-    _uuid_key(),
+    sa.Column("id", sa.String(36)),
     _tenant(),
     sa.Column("number", sa.String(20), nullable=False),
-    sa.Column("customer_id", sa.Integer, nullable=False),
-    sa.Column("salesperson_id", sa.Integer, nullable=False),
-    sa.Column("branch_id", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.Integer, nullable=False, info=ref("customers")),
+    sa.Column("salesperson_id", sa.Integer, nullable=False, info=ref("users")),
+    sa.Column("branch_id", sa.Integer, nullable=False, info=ref("branches")),
     sa.Column("status", sa.String(16), nullable=False),  # confirmed | shipped | delivered | cancelled
     sa.Column("lines", sa.JSON, nullable=False),  # [{product_id, qty, price, amount}]
     sa.Column("total", sa.BigInteger, nullable=False, info=MONEY),
@@ -137,60 +151,64 @@ orders = sa.Table(
     sa.Column("taken_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Column("created_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Index("ix_orders_salesperson", "tenant_id", "salesperson_id", "taken_at"),
+    tenant_key("orders"),
 )
 
 sales = sa.Table(
     "sales", metadata,
-    _uuid_key(),
+    sa.Column("id", sa.String(36)),
     _tenant(),
     sa.Column("number", sa.String(20), nullable=False),
-    sa.Column("terminal_id", sa.Integer, nullable=False),
-    sa.Column("branch_id", sa.Integer, nullable=False),
-    sa.Column("customer_id", sa.Integer),
+    sa.Column("terminal_id", sa.Integer, nullable=False, info=ref("users")),
+    sa.Column("branch_id", sa.Integer, nullable=False, info=ref("branches")),
+    sa.Column("customer_id", sa.Integer, info=ref("customers")),
     sa.Column("lines", sa.JSON, nullable=False),
     sa.Column("total", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("payment_method", sa.String(16), nullable=False),
     sa.Column("sold_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Index("ix_sales_terminal", "tenant_id", "terminal_id", "sold_at"),
+    tenant_key("sales"),
 )
 
 payments = sa.Table(
     "payments", metadata,
-    _uuid_key(),
+    sa.Column("id", sa.String(36)),
     _tenant(),
-    sa.Column("customer_id", sa.Integer, nullable=False),
-    sa.Column("salesperson_id", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.Integer, nullable=False, info=ref("customers")),
+    sa.Column("salesperson_id", sa.Integer, nullable=False, info=ref("users")),
     sa.Column("amount", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("method", sa.String(16), nullable=False),
     sa.Column("reference", sa.String(80)),
     sa.Column("paid_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Index("ix_payments_salesperson", "tenant_id", "salesperson_id"),
+    tenant_key("payments"),
 )
 
 visits = sa.Table(
     "visits", metadata,
-    _uuid_key(),
+    sa.Column("id", sa.String(36)),
     _tenant(),
-    sa.Column("customer_id", sa.Integer, nullable=False),
-    sa.Column("salesperson_id", sa.Integer, nullable=False),
+    sa.Column("customer_id", sa.Integer, nullable=False, info=ref("customers")),
+    sa.Column("salesperson_id", sa.Integer, nullable=False, info=ref("users")),
     sa.Column("checked_in_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Column("lat", sa.Float),
     sa.Column("lon", sa.Float),
     sa.Column("note", sa.Text),
     sa.Index("ix_visits_salesperson", "tenant_id", "salesperson_id"),
+    tenant_key("visits"),
 )
 
 invoices = sa.Table(
     "invoices", metadata,
-    sa.Column("id", sa.String(40), primary_key=True),  # "inv-<order or sale id>"
+    sa.Column("id", sa.String(40)),  # "inv-<order or sale id>"
     _tenant(),
     sa.Column("number", sa.String(20), nullable=False),
-    sa.Column("order_id", sa.String(36)),
-    sa.Column("sale_id", sa.String(36)),
-    sa.Column("salesperson_id", sa.Integer),
-    sa.Column("branch_id", sa.Integer, nullable=False),
+    sa.Column("order_id", sa.String(36), info=ref("orders")),
+    sa.Column("sale_id", sa.String(36), info=ref("sales")),
+    sa.Column("salesperson_id", sa.Integer, info=ref("users")),
+    sa.Column("branch_id", sa.Integer, nullable=False, info=ref("branches")),
     sa.Column("total", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("status", sa.String(10), nullable=False),  # pending | ready | failed
@@ -198,15 +216,16 @@ invoices = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False, info=TIME),
     sa.Index("ix_invoices_salesperson", "tenant_id", "salesperson_id"),
     sa.Index("ix_invoices_branch", "tenant_id", "branch_id"),
+    tenant_key("invoices"),
 )
 
 dashboards = sa.Table(
     "dashboards", metadata,
-    sa.Column("id", sa.String(40), primary_key=True),  # "user:<id>" | "branch:<id>"
+    sa.Column("id", sa.String(40)),  # "user:<id>" | "branch:<id>"
     _tenant(),
     sa.Column("kind", sa.String(8), nullable=False),  # user | branch
-    sa.Column("user_id", sa.Integer),
-    sa.Column("branch_id", sa.Integer),
+    sa.Column("user_id", sa.Integer, info=ref("users")),
+    sa.Column("branch_id", sa.Integer, info=ref("branches")),
     sa.Column("today_total", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("month_total", sa.BigInteger, nullable=False, info=MONEY),
     sa.Column("month_target", sa.BigInteger, info=MONEY),
@@ -214,8 +233,10 @@ dashboards = sa.Table(
     sa.Column("top_products", sa.JSON, nullable=False),  # [{product_id, name, qty, total}]
     sa.Column("pending_approvals", sa.Integer, nullable=False, server_default="0"),
     sa.Column("updated_at", sa.BigInteger, nullable=False, info=TIME),
+    tenant_key("dashboards"),
 )
 
+# Per-tenant number series (SO-000123): keyed by tenant already.
 counters = sa.Table(
     "counters", metadata,
     sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
