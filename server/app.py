@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -33,6 +32,7 @@ from . import documents
 from .fanout import MemoryFanout, Notice, RedisFanout
 from .live import Hub
 from .auth import TokenService, switched_off
+from .compression import Compression
 from .config import Settings
 from .errors import on_client_disconnect, on_sync_error, on_unexpected
 from .observe import Observe, instrument_database
@@ -142,7 +142,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = App(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(Observe)] * settings.metrics + [Middleware(GZipMiddleware, minimum_size=1024, compresslevel=5)],
+        middleware=[Middleware(Observe)] * settings.metrics + [Middleware(Compression)],
         exception_handlers={SyncError: on_sync_error, ClientDisconnect: on_client_disconnect,
                             Exception: on_unexpected},
     )

@@ -85,7 +85,7 @@ async def _check_token(conn: AsyncConnection, credential: Credential) -> None:
 async def _check_room(db: Database, conn: AsyncConnection, principal: Principal, max_devices: int) -> None:
     """Refuse a new device past the user's cap. The lock makes two first registrations
     of one user count one after the other (SQLite writes are serialised already)."""
-    await db.lock(conn, principal.tenant_id, principal.user_id)
+    await db.lock(conn, "devices", principal.tenant_id, principal.user_id)
     count = await conn.scalar(sa.select(sa.func.count()).select_from(devices).where(
         devices.c.tenant_id == principal.tenant_id, devices.c.user_id == principal.user_id,
         devices.c.revoked_at.is_(None)))

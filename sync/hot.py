@@ -96,6 +96,13 @@ async def _build_scope(db: Database, tenant_id: int, ds: Dataset, scope: Scope, 
     pages = [rows[start:start + page_rows] for start in range(0, len(rows), page_rows)] or [[]]
     now = now_ms()
     async with db.write() as conn:
+        # Two builds at once (two workers, or a leftover task beside a fresh one) would both
+        # delete nothing and insert the same keys. Under the lock the second sees the first's
+        # pages, and keeps them when they are as new as its own.
+        await db.lock(conn, "hot_pages", tenant_id, ds.name, key)
+        stored = await conn.scalar(sa.select(hot_pages.c.seq).where(*where, hot_pages.c.page == 0))
+        if stored is not None and stored >= seq:
+            return 0
         await conn.execute(sa.delete(hot_pages).where(*where))
         await conn.execute(sa.insert(hot_pages), [
             {"tenant_id": tenant_id, "dataset": ds.name, "scope": key, "page": n, "seq": seq, "count": len(page),

@@ -8,6 +8,7 @@ Domain tables join the same :data:`metadata` so one Alembic history covers every
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -212,11 +213,15 @@ class Database:
             log.warning("database connection lost: %s", exc)
             raise StorageError() from exc
 
-    async def lock(self, conn: AsyncConnection, namespace: int, key: int) -> None:
-        """Serialise this write transaction with others taking the same ``(namespace, key)``
-        until it ends. SQLite has one writer at a time already."""
+    async def lock(self, conn: AsyncConnection, *name: str | int) -> None:
+        """Serialise this write transaction with others locking the same ``name`` (e.g.
+        ``"devices", tenant_id, user_id``) until it ends. SQLite has one writer at a time
+        already. The name is hashed to one advisory-lock key: the namespace in its first
+        part keeps two uses from sharing keys."""
         if not self.is_sqlite:
-            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:a, :b)"), {"a": namespace, "b": key})
+            digest = hashlib.blake2b(repr(name).encode(), digest_size=8).digest()
+            key = int.from_bytes(digest, "big", signed=True)
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def notify(self, tenant_id: int, seq: int, buckets: frozenset[str]) -> None:
         for listener in self.commit_listeners:

@@ -3,6 +3,8 @@ page older than the data is still correct because the cursor goes back to its po
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import uuid
 
 import sqlalchemy as sa
@@ -74,3 +76,19 @@ async def test_pages_are_skipped_when_compacted_past_or_too_big_for_the_limit(se
     assert "catalog" not in first["reset"] or catalog_names(first)[2] == "Later", "stale pages were not used"
     await late.sync()
     assert late.replica.data == await fresh_view(services, client, w.sales1, "salesperson")
+
+
+async def test_builds_at_once_all_succeed_and_leave_one_set_of_pages(services):
+    """Workers (or a leftover task beside a fresh one) building at the same time each wrote
+    the same pages, and on PostgreSQL one failed on hot_pages_pkey when their writes overlapped."""
+    w = await seed(services, products_count=25)
+    written = await asyncio.gather(*(hot.build(services.db, services.registry, w.tenant_id, page_rows=10)
+                                           for _ in range(4)))
+    async with services.db.read() as conn:
+        stored = (await conn.execute(sa.select(hot_pages.c.dataset, hot_pages.c.scope, hot_pages.c.page,
+                                               hot_pages.c.pages, hot_pages.c.seq))).all()
+    assert sum(written) == len(stored) and len(stored) >= 3, "one build wrote, the others kept its pages"
+    for (dataset, scope), pages in itertools.groupby(sorted(stored), key=lambda r: (r.dataset, r.scope)):
+        pages = list(pages)
+        assert [p.page for p in pages] == list(range(pages[0].pages)), f"{dataset}: one whole set of pages"
+        assert len({p.seq for p in pages}) == 1
