@@ -38,13 +38,14 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[Se
     jobs = commands.add_parser("jobs", help="inspect background jobs")
     which = jobs.add_subparsers(dest="jobs_command", required=True)
     failed = which.add_parser("failed", help="list jobs that ran out of retries")
-    failed.add_argument("--limit", type=int, default=50)
+    failed.add_argument("--limit", type=int, default=50, help="show at most this many, newest first")
     failed.add_argument("--all", action="store_true", help="include failures already retried")
     failed.add_argument("--json", action="store_true", help="one JSON object per line")
     again = which.add_parser("retry", help="enqueue a failed job again")
-    again.add_argument("failure_id", type=int)
+    again.add_argument("failure_id", type=int, help="the id `fieldsync jobs failed` shows")
     compact = commands.add_parser("compact", help="compact the change log now")
-    compact.add_argument("--retention-days", type=float, default=None)
+    compact.add_argument("--retention-days", type=float, default=None,
+                         help="keep this many days of the change log (default FIELDSYNC_RETENTION_DAYS, 30)")
     return {"worker": cmd_worker, "jobs": cmd_jobs, "compact": cmd_compact}
 
 

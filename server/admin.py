@@ -8,8 +8,9 @@ references (``info["ref"]``, see ``server/domain/tables.py``) are checked before
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -45,29 +46,30 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def check_rows(name: str, rows: Any) -> list[dict[str, Any]]:
-    """Validate rows against the table's writable columns and their wire types."""
+def check_rows(name: str, rows: Any, *, label: str = "row", first: int = 0) -> list[dict[str, Any]]:
+    """Validate rows against the table's writable columns and their wire types. A refusal
+    names the row as ``f"{label} {first + index}"`` (``fieldsync import`` says "line 2")."""
     table, allowed = WRITABLE[name]
     if not isinstance(rows, list):
         raise BadRequest("`upsert` must be an array of rows")
     checked = []
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, start=first):
         if not isinstance(row, dict) or not isinstance(row.get("id"), int) or isinstance(row.get("id"), bool):
-            raise BadRequest(f"row {index}: a map with an integer `id` is required")
+            raise BadRequest(f"{label} {index}: a map with an integer `id` is required")
         unknown = sorted(set(row) - set(allowed))
         if unknown:
-            raise BadRequest(f"row {index}: unknown or read-only column(s) {', '.join(unknown)}")
+            raise BadRequest(f"{label} {index}: unknown or read-only column(s) {', '.join(unknown)}")
         for col, value in row.items():
             kind = wire_type(table.c[col])
             if value is None:
                 if not table.c[col].nullable:
-                    raise BadRequest(f"row {index}: `{col}` may not be null")
+                    raise BadRequest(f"{label} {index}: `{col}` may not be null")
                 continue
             if not isinstance(value, _PY_TYPES[kind]) or (isinstance(value, bool) and kind != "bool"):
-                raise BadRequest(f"row {index}: `{col}` must be {kind}")
-            _check_fits(table.c[col], value, f"row {index}: `{col}`")
+                raise BadRequest(f"{label} {index}: `{col}` must be {kind}")
+            _check_fits(table.c[col], value, f"{label} {index}: `{col}`")
         if name == "users" and row.get("role") not in (None, *ROLES):
-            raise BadRequest(f"row {index}: `role` is one of {', '.join(ROLES)}")
+            raise BadRequest(f"{label} {index}: `role` is one of {', '.join(ROLES)}")
         checked.append(row)
     return checked
 
@@ -95,14 +97,17 @@ def _check_fits(column: sa.Column, value: Any, what: str) -> None:
 
 
 async def apply(db, registry: Registry, tenant_id: int, name: str,
-                upsert: Sequence[Mapping[str, Any]], delete: Sequence[Any]) -> dict[str, int]:
-    """Apply one back-office batch in one transaction (also used by ``fieldsync import``)."""
+                upsert: Sequence[Mapping[str, Any]], delete: Sequence[Any], *,
+                label: str = "row", first: int = 0) -> dict[str, int]:
+    """Apply one back-office batch in one transaction (also used by ``fieldsync import``);
+    refusals name rows as :func:`check_rows` does."""
     table, _ = WRITABLE[name]
     rows = list(upsert)
+    where = functools.partial(_where, label, first)
     try:
         async with write_changes(db, registry, tenant_id) as changes:
-            await _check_ids(changes.conn, tenant_id, table, rows)
-            await _check_references(changes.conn, tenant_id, table, rows)
+            await _check_ids(changes.conn, tenant_id, table, rows, where)
+            await _check_references(changes.conn, tenant_id, table, rows, where)
             await changes.upsert(table, rows)
             deleted = await changes.delete(table, list(delete))
     except sa.exc.IntegrityError as exc:
@@ -125,13 +130,18 @@ async def _ids_among(conn, table: sa.Table, ids: Sequence[Any], *where: sa.Colum
     return found
 
 
-async def _check_ids(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:
+def _where(label: str, first: int, index: int) -> str:
+    return f"{label} {first + index}"
+
+
+async def _check_ids(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]],
+                     where: Callable[[int], str]) -> None:
     """Refuse an id another tenant's row holds: the back office's integer ids are global, so
     ChangeSet.upsert (which looks for the id in the writer's tenant) would insert it and fail."""
     taken = await _ids_among(conn, table, sorted({row["id"] for row in rows}), table.c.tenant_id != tenant_id)
     for index, row in enumerate(rows):
         if row["id"] in taken:
-            raise BadRequest(f"row {index}: `id` {row['id']} is in use outside this tenant "
+            raise BadRequest(f"{where(index)}: `id` {row['id']} is in use outside this tenant "
                              f"(ids of {table.name} are shared by all tenants); choose another")
 
 
@@ -144,7 +154,8 @@ def references(table: sa.Table) -> dict[str, list[str]]:
     return found
 
 
-async def _check_references(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]]) -> None:
+async def _check_references(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]],
+                            where: Callable[[int], str]) -> None:
     """Refuse a row naming a row of another tenant, or none: one query per referenced table."""
     for target_name, columns in references(table).items():
         target = metadata.tables[target_name]
@@ -152,7 +163,7 @@ async def _check_references(conn, tenant_id: int, table: sa.Table, rows: list[Ma
         found = await _ids_among(conn, target, sorted(set(named)), target.c.tenant_id == tenant_id)
         for value, (index, column) in named.items():
             if value not in found:
-                raise BadRequest(f"row {index}: `{column}` {value} is not a {_singular(target_name)} of this tenant",
+                raise BadRequest(f"{where(index)}: `{column}` {value} is not a {_singular(target_name)} of this tenant",
                                  ErrorCode.INVALID_ARGS)
 
 

@@ -130,6 +130,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/sync/pull", http.pull, methods=["POST"]),
         Route("/sync/push", http.push, methods=["POST"]),
         Route("/sync/schema", http.schema, methods=["GET"]),
+        Route("/", http.index, methods=["GET"]),
         Route("/healthz", http.healthz, methods=["GET"]),
         Route("/readyz", http.readyz, methods=["GET"]),
         Route("/documents/{id}", documents.fetch, methods=["GET"]),

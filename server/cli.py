@@ -26,42 +26,14 @@ log = logging.getLogger("fieldsync")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fieldsync", description="Offline-first sync server.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP/WebSocket server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
-    serve.add_argument("--demo", action="store_true", help="load the demo tenant first if it is missing")
-    commands.add_parser("migrate", help="bring the database schema up to date")
-    demo = commands.add_parser("demo", help="load the demo tenant (idempotent)")
-    demo.add_argument("--products", type=int, default=10_000)
-    demo.add_argument("--customers", type=int, default=500)
-    demo.add_argument("--days", type=int, default=21)
-    token = commands.add_parser("token", help="print a bearer token for a user")
-    token.add_argument("username")
-    token.add_argument("--tenant", default="demo")
-    token.add_argument("--ttl", type=int, default=None, help="seconds (default FIELDSYNC_TOKEN_TTL)")
-    token.add_argument("--device", default=None, metavar="CLIENT_ID",
-                       help="bind the token to one device: it syncs only as this client_id (claim `did`)")
-    load = commands.add_parser("import", help="upsert rows of a table from a CSV file")
-    load.add_argument("table")
-    load.add_argument("file", type=Path)
-    load.add_argument("--tenant", default="demo")
-    load.add_argument("--batch", type=int, default=1000)
-    health = commands.add_parser("devices", help="device sync health: lag, last seen, errors (most behind first)")
-    health.add_argument("--tenant", default="demo")
-    health.add_argument("--behind", default=None, help="only devices lagging at least this long: 30m, 1h, 2d")
-    health.add_argument("--json", action="store_true", help="print JSON (as GET /admin/devices) instead of a table")
-    from jobs.cli import add_commands  # worker, jobs failed|retry, compact
-
-    job_commands = add_commands(commands)
-    from .simulate import add_command as add_simulate  # simulate: devices against a running server
-
-    job_commands.update(add_simulate(commands))
+    parser, job_commands = _parser()
     args = parser.parse_args(argv)
-    configure_logging()
-    settings = Settings.from_env()
+    configure_logging(verbose=args.verbose)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # a setting out of range or unreadable: say which, do not start
+        print(f"fieldsync {args.command}: {exc}", file=sys.stderr)
+        return 2
     handlers: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
         "serve": cmd_serve, "migrate": cmd_migrate, "demo": cmd_demo, "token": cmd_token, "import": cmd_import,
         "devices": cmd_devices, **job_commands,
@@ -71,6 +43,74 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"fieldsync {args.command}: {exc}", file=sys.stderr)
         return 1
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[Settings, argparse.Namespace], int]]]:
+    from .admin import WRITABLE
+
+    parser = argparse.ArgumentParser(prog="fieldsync", description="Offline-first sync server. Settings come from "
+                                     "FIELDSYNC_* variables (README, Configuration).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP/WebSocket server")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes (more than 1 needs PostgreSQL and FIELDSYNC_REDIS_URL)")
+    serve.add_argument("--demo", action="store_true", help="load the demo tenant first if it is missing")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    demo = commands.add_parser("demo", help="load the demo tenant (idempotent)")
+    demo.add_argument("--products", type=int, default=10_000, help="catalog size")
+    demo.add_argument("--customers", type=int, default=500, help="customers, shared among the salespeople")
+    demo.add_argument("--days", type=int, default=21, help="days of order and sale history")
+    token = commands.add_parser("token", help="print a bearer token for a user")
+    token.add_argument("username", help="e.g. sales1, pos1, admin in the demo tenant")
+    token.add_argument("--tenant", default="demo", help="the tenant's slug")
+    token.add_argument("--ttl", type=int, default=None, help="lifetime in seconds (default FIELDSYNC_TOKEN_TTL)")
+    token.add_argument("--device", default=None, metavar="CLIENT_ID",
+                       help="bind the token to one device: it syncs only as this client_id (claim `did`)")
+    load = commands.add_parser(
+        "import", help="upsert rows of a table from a CSV file",
+        epilog="CSV with a header line naming columns; an empty cell is null; yes/no columns read "
+               "1/0, true/false, yes/no, y/n, t/f. Importable tables and columns: "
+               + "; ".join(f"{name} ({', '.join(columns)})" for name, (_, columns) in WRITABLE.items()))
+    load.add_argument("table", choices=list(WRITABLE), metavar="table", help=", ".join(WRITABLE))
+    load.add_argument("file", type=Path, help="the CSV file")
+    load.add_argument("--tenant", default="demo", help="the tenant's slug")
+    load.add_argument("--batch", type=int, default=1000, help="rows per transaction (each one reaches devices whole)")
+    health = commands.add_parser("devices", help="device sync health: lag, last seen, errors (most behind first)")
+    health.add_argument("--tenant", default="demo", help="the tenant's slug")
+    health.add_argument("--behind", default=None, help="only devices lagging at least this long: 30m, 1h, 2d")
+    health.add_argument("--json", action="store_true", help="print JSON (as GET /admin/devices) instead of a table")
+    from jobs.cli import add_commands  # worker, jobs failed|retry, compact
+
+    job_commands = add_commands(commands)
+    from .simulate import add_command as add_simulate  # simulate: devices against a running server
+
+    job_commands.update(add_simulate(commands))
+    _finish(parser)
+    return parser, job_commands
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows an option's default after its help, unless there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _finish(parser: argparse.ArgumentParser) -> None:
+    """Every command and sub-command: defaults in --help, and --verbose after its name."""
+    parser.formatter_class = _Help
+    parser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log library chatter (migrations, HTTP requests) as well")
+    parser.set_defaults(verbose=False)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _finish(child)
 
 
 def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
@@ -180,7 +220,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     where = f"http://{args.host}:{args.port}"
     print(f"fieldsync listening on {where} (database {settings.database_url.split('@')[-1]}, "
           f"fan-out {'redis' if settings.redis_url else 'in-process'})")
-    print(f"get a token with `fieldsync token sales1`, then POST msgpack to {where}/sync/pull", flush=True)
+    print(f"health: {where}/healthz; a token for a demo user: `{_this_command()} token sales1`, "
+          f"then POST msgpack to {where}/sync/pull (README, \"A pull, from Python\")", flush=True)
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", log_config=None, access_log=False, ws_max_size=settings.max_body_bytes,
                 ws=SharedDeflateProtocol if settings.ws_impl == "fieldsync" else settings.ws_impl,
@@ -188,6 +229,18 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 # uvicorn has no head/body limits for httptools: its protocol, under ours
                 http=functools.partial(LimitedHttpToolsProtocol, limits=HttpLimits.from_settings(settings)))
     return 0
+
+
+def _this_command() -> str:
+    """How the user can run this command again: the path they ran (``.venv/bin/fieldsync``
+    after ``scripts/run.sh``, which is not on PATH), relative to where they stand."""
+    ran = Path(sys.argv[0])
+    if ran.name != "fieldsync" or not ran.exists():
+        return "fieldsync"
+    try:
+        return str(ran.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(ran)
 
 
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
@@ -204,7 +257,8 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     try:
         with args.file.open(newline="") as handle:
             rows = check_rows(args.table, [_typed_row(table, row, line)
-                                           for line, row in enumerate(csv.DictReader(handle), start=2)])
+                                           for line, row in enumerate(csv.DictReader(handle), start=2)],
+                              label="line", first=2)  # line 1 is the header
     except (OSError, ValueError, BadRequest) as exc:
         print(f"import refused, nothing written: {exc}", file=sys.stderr)
         return 1
@@ -218,7 +272,7 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         with tqdm(total=len(rows), unit="row", desc=f"import {args.table}") as bar:
             for start in range(0, len(rows), args.batch):
                 chunk = rows[start:start + args.batch]
-                await apply(db, registry, tenant_id, args.table, chunk, [])
+                await apply(db, registry, tenant_id, args.table, chunk, [], label="line", first=start + 2)
                 bar.update(len(chunk))
         await db.analyze([WRITABLE[args.table][0]])
         return len(rows)
@@ -240,6 +294,10 @@ def _typed_row(table: sa.Table, row: dict[str, str], line: int) -> dict[str, Any
         raise ValueError(f"line {line}: {exc}") from None
 
 
+_BOOLS = {"1": True, "true": True, "yes": True, "y": True, "t": True,
+          "0": False, "false": False, "no": False, "n": False, "f": False}
+
+
 def _convert(table: sa.Table, row: dict[str, str]) -> dict[str, Any]:
     typed: dict[str, Any] = {}
     for col, text in row.items():
@@ -250,14 +308,23 @@ def _convert(table: sa.Table, row: dict[str, str]) -> dict[str, Any]:
         if text is None or text == "":
             typed[col] = None
         elif kind in ("int", "money", "time"):
-            typed[col] = int(text)
+            typed[col] = _number(int, col, text)
         elif kind == "bool":
-            typed[col] = text.strip().lower() in ("1", "true", "yes", "y", "t")
+            typed[col] = _BOOLS.get(text.strip().lower())
+            if typed[col] is None:  # "maybe" read as false would deactivate the row everywhere
+                raise ValueError(f"`{col}` {text!r} is not a yes/no value ({', '.join(_BOOLS)})")
         elif kind == "float":
-            typed[col] = float(text)
+            typed[col] = _number(float, col, text)
         else:
             typed[col] = text
     return typed
+
+
+def _number(kind: type, col: str, text: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"`{col}` {text!r} is not {'an integer' if kind is int else 'a number'}") from None
 
 
 if __name__ == "__main__":

@@ -7,10 +7,24 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sync.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
-def _int(env: dict[str, str], name: str, default: int) -> int:
-    raw = env.get(f"FIELDSYNC_{name}")
-    return default if raw in (None, "") else int(raw)
+
+def _int(env: dict[str, str], name: str, default: int, low: int = 1, high: int = 2**31 - 1) -> int:
+    return int(_bounded(env, name, default, low, high, int))
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    """On/off: 1/0, true/false, yes/no, on/off; anything else is refused, not read as on."""
+    raw = (env.get(f"FIELDSYNC_{name}") or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in _FLAGS:
+        return _FLAGS[raw]
+    raise ValueError(f"FIELDSYNC_{name}={raw!r} is not on or off (1/0, true/false, yes/no, on/off)")
+
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 def _bounded(env: dict[str, str], name: str, default: float, low: float, high: float, kind: type = float) -> float:
@@ -83,28 +97,51 @@ class Settings:
             jwt_public_key=_pem(env.get("FIELDSYNC_JWT_PUBLIC_KEY")),
             jwt_private_key=_pem(env.get("FIELDSYNC_JWT_PRIVATE_KEY")),
             data_dir=data_dir,
-            max_body_bytes=_int(env, "MAX_BODY_BYTES", 4 * 1024 * 1024),
-            max_mutations=_int(env, "MAX_MUTATIONS", 500),
-            pull_limit=_int(env, "PULL_LIMIT", 2000),
-            pull_max_limit=_int(env, "PULL_MAX_LIMIT", 10000),
-            token_ttl_s=_int(env, "TOKEN_TTL", 30 * 86400),
-            token_leeway_s=_int(env, "TOKEN_LEEWAY", 30),
-            max_devices_per_user=_int(env, "MAX_DEVICES_PER_USER", 20),
-            require_device_tokens=(env.get("FIELDSYNC_REQUIRE_DEVICE_TOKENS") or "0") not in ("0", "false", "no"),
-            min_protocol=_int(env, "MIN_PROTOCOL", 1),
-            ws_idle_timeout=float(env.get("FIELDSYNC_WS_IDLE_TIMEOUT") or 300),
-            ws_slow_timeout=float(env.get("FIELDSYNC_WS_SLOW_TIMEOUT") or 30),
+            max_body_bytes=_int(env, "MAX_BODY_BYTES", 4 * 1024 * 1024, 4096, 1 << 30),
+            max_mutations=_int(env, "MAX_MUTATIONS", 500, 1, 100_000),
+            pull_limit=_int(env, "PULL_LIMIT", 2000, 1, 1_000_000),
+            pull_max_limit=_int(env, "PULL_MAX_LIMIT", 10000, 1, 1_000_000),
+            token_ttl_s=_int(env, "TOKEN_TTL", 30 * 86400, 60, 10 * 365 * 86400),
+            token_leeway_s=_int(env, "TOKEN_LEEWAY", 30, 0, 3600),
+            max_devices_per_user=_int(env, "MAX_DEVICES_PER_USER", 20, 1, 10**9),
+            require_device_tokens=_flag(env, "REQUIRE_DEVICE_TOKENS", False),
+            min_protocol=_int(env, "MIN_PROTOCOL", 1, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION),
+            ws_idle_timeout=_bounded(env, "WS_IDLE_TIMEOUT", 300.0, 5, 86400),
+            ws_slow_timeout=_bounded(env, "WS_SLOW_TIMEOUT", 30.0, 1, 3600),
             ws_hello_timeout=_bounded(env, "WS_HELLO_TIMEOUT", 10.0, 0.5, 300),
             max_header_bytes=_bounded(env, "MAX_HEADER_BYTES", 32 * 1024, 4096, 1 << 20, int),
             max_headers=_bounded(env, "MAX_HEADERS", 100, 16, 1000, int),
             header_timeout=_bounded(env, "HEADER_TIMEOUT", 10.0, 0.5, 300),
             body_timeout=_bounded(env, "BODY_TIMEOUT", 30.0, 1, 3600),
-            poll_interval=float(env.get("FIELDSYNC_POLL_INTERVAL") or 2),
+            poll_interval=_bounded(env, "POLL_INTERVAL", 2.0, 0.05, 60),
             redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",
-            ws_deflate=(env.get("FIELDSYNC_WS_DEFLATE") or "1") not in ("0", "false", "no"),
-            metrics=(env.get("FIELDSYNC_METRICS") or "1") not in ("0", "false", "no"),
-        )
+            ws_deflate=_flag(env, "WS_DEFLATE", True),
+            metrics=_flag(env, "METRICS", True),
+        ).validated(explicit_secret=bool(secret))
+
+    def validated(self, *, explicit_secret: bool = True) -> Settings:
+        """Refuse settings the server could start with but not serve: every client
+        refused, every token forgeable, a URL no driver reads."""
+        if explicit_secret and not self.jwt_public_key and len(self.jwt_secret) < 32:
+            raise ValueError(f"FIELDSYNC_JWT_SECRET is {len(self.jwt_secret)} bytes; HS256 needs 32 or more "
+                             "(e.g. `python -c 'import secrets; print(secrets.token_hex(32))'`)")
+        if self.pull_limit > self.pull_max_limit:
+            raise ValueError(f"FIELDSYNC_PULL_LIMIT ({self.pull_limit}) is above FIELDSYNC_PULL_MAX_LIMIT "
+                             f"({self.pull_max_limit})")
+        if not self.database_url.startswith(("sqlite:", "sqlite+aiosqlite:", "postgresql:", "postgresql+asyncpg:",
+                                                "postgres:")):
+            raise ValueError(f"FIELDSYNC_DATABASE_URL {self.database_url.split('@')[-1]!r} is neither sqlite:///path "
+                             "nor postgresql://user@host/db")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("FIELDSYNC_REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.ws_impl not in WS_IMPLS:
+            raise ValueError(f"FIELDSYNC_WS_IMPL={self.ws_impl!r} is not one of {', '.join(WS_IMPLS)}")
+        return self
+
+
+# server/ws_protocol.py's protocol, or one of uvicorn's by name.
+WS_IMPLS = ("fieldsync", "websockets", "websockets-sansio", "wsproto", "auto")
 
 
 def _pem(value: str | None) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.metadata
 from collections.abc import Iterator
 
 from prometheus_client import Counter
@@ -121,6 +123,24 @@ async def schema(request: Request) -> Response:
     if "json" in request.headers.get("accept", ""):
         return JSONResponse(body)
     return msgpack_response(body)
+
+
+async def index(request: Request) -> Response:
+    """``GET /``: what this server is and where to go, for a person trying it in a browser."""
+    return JSONResponse({
+        "name": "fieldsync", "version": _version(), "protocol": messages.PROTOCOL_VERSION,
+        "links": {"health": "/healthz", "ready": "/readyz", "schema": "/sync/schema (with a bearer token)",
+                  "pull": "POST /sync/pull", "push": "POST /sync/push", "websocket": "/sync/ws",
+                  "metrics": "/metrics", "docs": "docs/protocol.md and docs/operations.md in the source"},
+    })
+
+
+@functools.cache
+def _version() -> str:
+    try:
+        return importlib.metadata.version("fieldsync")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown"
 
 
 async def healthz(request: Request) -> Response:

@@ -33,7 +33,12 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: int = logging.INFO) -> None:
+# Libraries whose INFO lines bury a command's one useful line (alembic: ~10 per migrate;
+# httpx: one per request of `simulate`); `--verbose` shows them.
+CHATTY = ("alembic", "httpx", "httpcore")
+
+
+def configure_logging(level: int = logging.INFO, *, verbose: bool = False) -> None:
     """JSON lines when the output is collected; plain text in a terminal."""
     handler = logging.StreamHandler(sys.stderr)
     if sys.stderr.isatty():
@@ -43,6 +48,8 @@ def configure_logging(level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 class Observe:

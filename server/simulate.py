@@ -45,12 +45,12 @@ PAYMENT_METHODS = ("cash", "card", "voucher")
 
 def add_command(commands: Any) -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
     sim = commands.add_parser("simulate", help="simulated salespeople and POS terminals against a running server")
-    sim.add_argument("--devices", type=int, default=4)
-    sim.add_argument("--url", default="http://127.0.0.1:8000")
-    sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: at Ctrl-C)")
-    sim.add_argument("--tenant", default="demo")
+    sim.add_argument("--devices", type=int, default=4, help="simulated devices, salespeople and terminals in turn")
+    sim.add_argument("--url", default="http://127.0.0.1:8000", help="the running server")
+    sim.add_argument("--seconds", type=float, default=None, help="stop after this long (default: run until Ctrl-C)")
+    sim.add_argument("--tenant", default="demo", help="the tenant's slug (its users must exist here)")
     sim.add_argument("--rate", type=float, default=1.0, help="actions per device per second, on average")
-    sim.add_argument("--seed", type=int, default=None)
+    sim.add_argument("--seed", type=int, default=None, help="random seed, for a repeatable run")
     return {"simulate": cmd_simulate}
 
 

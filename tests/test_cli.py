@@ -224,12 +224,16 @@ def test_console_script_import(env, capsys, tmp_path):
 BAD_IMPORTS: dict[str, tuple[list[str], list[list[Any]], list[str]]] = {
     # name -> (columns, rows, words the error message must contain, one of them at least)
     "bad integer": (PRODUCT_COLS, [[100, "S", "ok", "Tools", "pcs", "", "true"], ["1x", "S", "n", "Tools", "pcs", "",
-                                                                                  "true"]], ["1x", "id"]),
+                                                                                  "true"]], ["line 3: `id` '1x' is not an integer"]),
     "unknown column": (PRODUCT_COLS + ["colour"], [[100, "S", "n", "Tools", "pcs", "", "true", "red"]], ["colour"]),
-    "missing required value": (PRODUCT_COLS, [[100, "S", "", "Tools", "pcs", "", "true"]], ["name"]),
+    "missing required value": (PRODUCT_COLS, [[100, "S", "", "Tools", "pcs", "", "true"]], ["line 2: `name`"]),
+    "unreadable yes/no": (PRODUCT_COLS, [[100, "S", "n", "Tools", "pcs", "", "true"],
+                                         [101, "S", "n", "Tools", "pcs", "", "maybe"]], ["line 3: `active` 'maybe'"]),
+    "missing id": (PRODUCT_COLS, [[100, "S", "n", "Tools", "pcs", "", "1"], ["", "S", "n", "Tools", "pcs", "", "0"],
+                                         [102, "S", "n", "Tools", "pcs", "", "y"]], ["line 3: a map with an integer `id`"]),
     "another tenant's id": (PRODUCT_COLS, [[41, "S", "n", "Tools", "pcs", "", "true"],
                                            [100, "S", "n", "Tools", "pcs", "", "true"]],
-                            ["conflict", "tenant", "duplicate"]),
+                            ["line 2: `id` 41 is in use outside this tenant"]),
 }
 
 

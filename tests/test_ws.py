@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from fieldsync_client import Replica
 from sync.errors import ErrorCode
+from sync.messages import PROTOCOL_VERSION
 from sync.storage import devices
 
 from .live_support import (
@@ -362,10 +363,10 @@ async def test_deactivated_user_is_closed_and_refused(services, world, launch):
         await client.close()
 
 
-async def test_minimum_protocol_version(services, world, launch):
-    server = await launch(FIELDSYNC_MIN_PROTOCOL="2")
+async def test_a_protocol_version_the_server_does_not_speak_is_refused(services, world, launch):
+    server = await launch()
     client = await WsClient.open(server.ws_url, token(services, world.pos1, "pos"))
-    await client.hello("till-old-app", v=1)
+    await client.hello("till-new-app", v=PROTOCOL_VERSION + 1)
     closed = await client.closed()
     assert closed.code == ErrorCode.UNSUPPORTED_VERSION.close == 4426, closed
     errors = [f for f in closed.frames if f["t"] == "error"]
