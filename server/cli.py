@@ -20,7 +20,7 @@ from sync.storage import Database
 
 from .config import Settings
 from .observe import configure_logging
-from .startup import StartupError, connect_or_explain
+from .startup import StartupError, connect_or_explain, hold_data_dir
 
 log = logging.getLogger("fieldsync")
 
@@ -211,6 +211,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if settings.embedded:
             await upgrade(db)
         return await pending(db)
+
+    if settings.embedded:
+        if args.workers > 1:
+            print("--workers above 1 needs PostgreSQL and FIELDSYNC_REDIS_URL: the embedded default is one process",
+                  file=sys.stderr)
+            return 2
+        claim = hold_data_dir(settings.data_dir)  # noqa: F841 (held open until the process ends)
 
     if _with_db(settings, prepare):
         print("the database schema is behind: run `fieldsync migrate` first", file=sys.stderr)

@@ -4,6 +4,10 @@ that names what failed and what to check, not in a driver's traceback."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+from pathlib import Path
+from typing import IO
 
 import sqlalchemy as sa
 
@@ -52,3 +56,28 @@ def _hint(url: str, exc: BaseException) -> str:
     if "password" in reason or "role" in reason or "authentication" in reason:
         return "check the user and password in FIELDSYNC_DATABASE_URL"
     return "check that PostgreSQL is running and FIELDSYNC_DATABASE_URL names its host and port"
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """Claim the embedded data directory for this ``serve`` until the process ends (the
+    caller keeps the file open). The embedded default is one process: a second one on the
+    same ``var/`` would share its job queue and schedule every periodic job twice, and its
+    devices would hear of the first one's writes only at the safety poll.
+
+    Raises:
+        StartupError: another process holds it; names that process.
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / "serve.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StartupError(f"{data_dir} is in use by fieldsync serve (pid {holder}); the embedded default is one "
+                           "process: stop that one, or give this one its own FIELDSYNC_DATA_DIR") from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle

@@ -171,6 +171,31 @@ def test_an_unusable_database_is_one_line_not_a_traceback(env, command, url, wor
     assert "FIELDSYNC_DATABASE_URL" in line
 
 
+def test_a_second_serve_on_one_embedded_data_dir_is_refused(env):
+    port = _unused_port()
+
+    def serve() -> subprocess.Popen:
+        return subprocess.Popen([str(SCRIPT), "serve", "--port", str(port)], env=env, cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    with serve() as first:
+        try:
+            assert "listening" in first.stdout.readline()
+            second = run(env, "serve", "--port", str(_unused_port()))
+            assert second.returncode == 1 and "Traceback" not in second.stderr
+            [line] = [ln for ln in second.stderr.splitlines() if not ln.startswith("{")]
+            assert f"in use by fieldsync serve (pid {first.pid})" in line and "FIELDSYNC_DATA_DIR" in line, line
+            many = run(env, "serve", "--workers", "2", "--port", str(_unused_port()))
+            assert many.returncode == 2 and "needs PostgreSQL" in many.stderr
+        finally:
+            first.kill()  # even a killed server leaves the directory free: the lock dies with it
+    with serve() as again:
+        try:
+            assert "listening" in again.stdout.readline()
+        finally:
+            again.kill()
+
+
 # -- import --------------------------------------------------------------------------
 
 
