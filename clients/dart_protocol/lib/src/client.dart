@@ -149,6 +149,14 @@ class SyncClient {
     return entry;
   }
 
+  /// The outbox was written behind the client's back (e.g. by
+  /// `SqliteOutbox.enqueueWith` with an optimistic change): push it.
+  Future<void> outboxChanged() async {
+    await _emitOutbox();
+    unawaited(_pushNext());
+    if (_wanted && state == SyncState.offline) _wakeUp();
+  }
+
   /// The app showed a rejection to the user: drop it from the outbox.
   Future<void> dismiss(int mutationId) async {
     await outbox.dismiss(mutationId);

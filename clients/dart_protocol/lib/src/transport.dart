@@ -12,6 +12,7 @@ import 'dart:typed_data';
 import 'errors.dart';
 import 'messages.dart';
 import 'msgpack.dart';
+import 'schema.dart';
 
 /// Where the bearer token comes from; called for every request or connection,
 /// so an app can refresh it.
@@ -35,20 +36,26 @@ class HttpTransport {
   Future<PushResponse> push(PushRequest request) async =>
       PushResponse.fromMsgpack(await post('/sync/push', request.toMsgpack()));
 
-  /// Posts [body] as msgpack and returns the decoded answer of a 200.
-  Future<Object?> post(String path, Map<String, Object?> body) async {
-    final bytes = msgpackEncode(body);
+  /// `GET /sync/schema`: the datasets' columns, types and keys.
+  Future<SyncSchema> schema() async => SyncSchema.fromMsgpack(await post('/sync/schema', null));
+
+  /// Posts [body] as msgpack (or GETs [path] when [body] is null) and
+  /// returns the decoded answer of a 200.
+  Future<Object?> post(String path, Map<String, Object?>? body) async {
+    final bytes = body == null ? null : msgpackEncode(body);
     final uri = baseUri.resolve(path);
     final int status;
     final Uint8List answer;
     try {
-      final request = await _client.postUrl(uri).timeout(timeout);
+      final request = await (bytes == null ? _client.getUrl(uri) : _client.postUrl(uri)).timeout(timeout);
       request.headers
         ..set(HttpHeaders.authorizationHeader, 'Bearer ${await token()}')
         ..set(HttpHeaders.contentTypeHeader, msgpackMime)
         ..set(HttpHeaders.acceptHeader, msgpackMime);
-      request.contentLength = bytes.length;
-      request.add(bytes);
+      if (bytes != null) {
+        request.contentLength = bytes.length;
+        request.add(bytes);
+      }
       final response = await request.close().timeout(timeout);
       status = response.statusCode;
       final builder = BytesBuilder(copy: false);
