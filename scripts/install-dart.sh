@@ -12,6 +12,7 @@ set -euo pipefail
 
 SASS_PKG="sass-embedded-linux-ia32@1.89.0"
 
+# A system Dart (a full SDK) is used as is, with the system's libsqlite3.
 if command -v dart >/dev/null 2>&1; then
   command -v dart
   exit 0
@@ -28,6 +29,20 @@ if [ ! -e /lib/ld-linux.so.2 ]; then
   if ! apt-get install -y libc6-i386 >&2; then
     apt-get update >&2
     apt-get install -y libc6-i386 >&2
+  fi
+fi
+
+# The SQLite store's dart:ffi binding opens libsqlite3.so.0, which for this
+# 32-bit VM must be the i386 build (Debian's multiarch package).
+if [ ! -e /usr/lib/i386-linux-gnu/libsqlite3.so.0 ]; then
+  echo "installing libsqlite3-0:i386 (SQLite for the ia32 Dart VM's dart:ffi)" >&2
+  if ! dpkg --print-foreign-architectures | grep -qx i386; then
+    dpkg --add-architecture i386 >&2
+    apt-get update >&2
+  fi
+  if ! apt-get install -y libsqlite3-0:i386 >&2; then
+    apt-get update >&2
+    apt-get install -y libsqlite3-0:i386 >&2
   fi
 fi
 
