@@ -61,3 +61,9 @@ void summary() {
   // exitCode rather than exit(): exit() can drop output still buffered for a pipe.
   exitCode = (_failed == 0 && _passed > 0) ? 0 : 1;
 }
+
+/// Adds the results of checks run elsewhere (a child process's summary line).
+void addCounts(int passed, int failed) {
+  _passed += passed;
+  _failed += failed;
+}
