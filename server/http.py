@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import importlib.metadata
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 from prometheus_client import Counter
 from starlette.requests import ClientDisconnect, Request
@@ -47,13 +47,33 @@ async def authenticate(request: Request) -> Principal:
 
 
 async def register_device(services, principal: Principal, credential: Credential, client_id: str, *,
-                          force: bool = False) -> int | None:
+                          force: bool = False, app: str | None = None) -> int | None:
     """The device's registration for this sync (see :func:`sync.devices.touch`), under the
     server's device policy; returns when it was last enrolled."""
     if services.settings.require_device_tokens and credential.device is None:
         raise AuthError(ErrorCode.FORBIDDEN, "this server syncs only with device-bound tokens (claim `did`)")
     return await devices.touch(services.db, principal, client_id, credential=credential,
-                               max_devices=services.settings.max_devices_per_user, force=force)
+                               max_devices=services.settings.max_devices_per_user, force=force, app=app)
+
+
+@contextlib.asynccontextmanager
+async def noting_errors(services, principal: Principal, client_id: str) -> AsyncIterator[None]:
+    """Record on the device the refusal that ends this request (a storage failure is the
+    server's, and the database may be what failed: not recorded)."""
+    try:
+        yield
+    except SyncError as error:
+        if error.code is not ErrorCode.UNAVAILABLE:
+            with contextlib.suppress(SyncError):
+                await devices.note_error(services.db, principal, client_id, error.code.value)
+        raise
+
+
+async def note_rejections(services, principal: Principal, client_id: str, mutations, results) -> None:
+    rejected = [(m.name, r["code"]) for m, r in zip(mutations, results) if r["status"] == "rejected"]
+    if rejected:
+        name, code = rejected[-1]
+        await devices.note_error(services.db, principal, client_id, f"{name[:20]}: {code}")
 
 
 def msgpack_response(body: object) -> Response:
@@ -95,8 +115,10 @@ async def pull(request: Request) -> Response:
         principal, body = await _sync_body(request)
         req = messages.parse_pull(body, services.settings.min_protocol)
         request.state.client_id = req.client_id
-        enrolled = await register_device(services, principal, request.state.credential, req.client_id)
-        batch = await services.reader.pull(principal, req.cursor, req.limit, not_before=enrolled)
+        async with noting_errors(services, principal, req.client_id):
+            enrolled = await register_device(services, principal, request.state.credential, req.client_id,
+                                             app=req.app)
+            batch = await services.reader.pull(principal, req.cursor, req.limit, not_before=enrolled)
         packed = wire.pack(batch)
     count_sent(batch, len(packed), "pull")
     request.state.rows = sum(len(p["rows"]) + len(p["deletes"]) for p in batch["data"].values())
@@ -111,9 +133,11 @@ async def push(request: Request) -> Response:
         req = messages.parse_push(body, max_mutations=services.settings.max_mutations,
                                   minimum=services.settings.min_protocol)
         request.state.client_id = req.client_id
-        await register_device(services, principal, request.state.credential, req.client_id, force=True)
-        results = await services.pusher.push(principal, req.client_id, req.mutations)
+        async with noting_errors(services, principal, req.client_id):
+            await register_device(services, principal, request.state.credential, req.client_id, force=True)
+            results = await services.pusher.push(principal, req.client_id, req.mutations)
     record_results(services.registry, req.mutations, results)
+    await note_rejections(services, principal, req.client_id, req.mutations, results)
     return msgpack_response({"v": messages.PROTOCOL_VERSION, "results": results})
 
 

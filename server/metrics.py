@@ -10,6 +10,8 @@ are templates, datasets and mutation names come from the registry, codes from Er
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -76,12 +78,28 @@ def count_shared_pull(shared: bool) -> None:
 def exposition() -> tuple[bytes, str]:
     """The text to serve at /metrics: this process, or every process in multiprocess mode."""
     if MULTIPROCESS:
+        forget_dead_processes(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
-def mark_process_dead(pid: int) -> None:
-    if MULTIPROCESS:
-        multiprocess.mark_process_dead(pid)
+def forget_dead_processes(directory: Path) -> list[int]:
+    """Drop the gauges of processes of this host that are gone, so a crashed process's last
+    values (sessions open, connections in use, "Redis is away") stop counting; their
+    counters and histograms stay, as totals must. ``multiprocess.mark_process_dead`` drops
+    only the ``live*`` gauges; a gauge is a value now, so a dead process has none of any
+    mode. Run at each scrape: one directory listing."""
+    gone = []
+    for pid in sorted({int(m.group(1)) for path in directory.glob("gauge_*_*.db")
+                       if (m := re.search(r"_(\d+)\.db$", path.name))}):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            for path in directory.glob(f"gauge_*_{pid}.db"):
+                path.unlink(missing_ok=True)
+            gone.append(pid)
+        except PermissionError:  # alive, another user's
+            pass
+    return gone

@@ -18,7 +18,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from sync import messages, wire
+from sync import devices, messages, wire
 from sync.errors import AuthError, BadRequest, ErrorCode, SyncError
 from sync.schema import Principal
 from sync.shared_pulls import pull_key
@@ -26,7 +26,7 @@ from sync.shared_pulls import pull_key
 from . import metrics
 from .auth import bearer, credential_of, principal_for
 from .device_health import record_ack
-from .http import record_results, register_device
+from .http import note_rejections, record_results, register_device
 from .live import count_sent
 from .outbox import Outbox
 
@@ -131,6 +131,7 @@ class Session:
             pass
         except SyncError as error:
             await self.close_for(error.code, error.message)
+            await self._note(error.code)
         except asyncio.CancelledError:
             if self.close_code is None:  # not our own give-up on a stalled device (see _give_up)
                 raise
@@ -157,6 +158,7 @@ class Session:
             raise BadRequest("the first frame must be hello")
         messages.check_version(frame, minimum=self.services.settings.min_protocol)
         self.client_id = messages.client_id_of(frame)
+        app = messages.app_of(frame)
         cursor = frame.get("cursor")
         if cursor is not None and not isinstance(cursor, bytes):
             raise BadRequest("`cursor` must be bin or nil")
@@ -169,7 +171,7 @@ class Session:
         self.claims = claims
         self.cursor = cursor
         self.not_before = await register_device(self.services, self.principal, credential_of(token, claims),
-                                                self.client_id, force=True)
+                                                self.client_id, force=True, app=app)
         self.buckets = await self.services.reader.buckets(self.principal)
         self.step(State.CATCHING_UP)
 
@@ -251,6 +253,7 @@ class Session:
         results = await self.services.pusher.push(self.principal, self.client_id, mutations)
         record_results(self.services.registry, mutations, results)
         await self.outbox.put(wire.pack({"t": "results", "results": results}))
+        await note_rejections(self.services, self.principal, self.client_id, mutations, results)
 
     async def _ack(self, frame: dict) -> None:
         cursor = frame.get("cursor")
@@ -259,6 +262,14 @@ class Session:
             await self._error(ErrorCode.BAD_REQUEST, "`cursor` of ack is not a cursor this server issued")
             return
         await record_ack(self.services.db, self.principal, self.client_id, decoded.seq)
+
+    async def _note(self, code: ErrorCode) -> None:
+        """The refusal that closed a registered device's session, on its device row (an
+        idle close is routine, a storage failure the server's)."""
+        if self.principal is None or code in (ErrorCode.IDLE_TIMEOUT, ErrorCode.UNAVAILABLE):
+            return
+        with contextlib.suppress(SyncError):
+            await devices.note_error(self.services.db, self.principal, self.client_id, code.value)
 
     async def _error(self, code: ErrorCode, message: str) -> None:
         await self.outbox.put(wire.pack({"t": "error", "code": code.value, "message": message}))

@@ -42,7 +42,7 @@ def _not_owner(client_id: str) -> AuthError:
 
 
 async def touch(db: Database, principal: Principal, client_id: str, *, credential: Credential | None = None,
-                max_devices: int | None = None, force: bool = False) -> int | None:
+                max_devices: int | None = None, force: bool = False, app: str | None = None) -> int | None:
     """Register the device for ``principal`` or refresh ``last_seen``; returns when it was
     last (re-)enrolled (cursors older than that must start over), or None.
 
@@ -56,7 +56,7 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
     async with db.read() as conn:
         row = (await conn.execute(
             sa.select(devices.c.user_id, devices.c.last_seen, devices.c.revoked_at, devices.c.enrolled_at,
-                      devices.c.token_hash)
+                      devices.c.token_hash, devices.c.app_version)
             .where(devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id)
         )).first()
         if credential is not None:
@@ -67,12 +67,13 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
         if row.user_id != principal.user_id:
             raise _not_owner(client_id)
         fresh_token = credential is None or credential.token_hash == row.token_hash
-        if not force and fresh_token and now_ms() - row.last_seen < _TOUCH_EVERY_MS:
+        same_app = app is None or app == row.app_version
+        if not force and fresh_token and same_app and now_ms() - row.last_seen < _TOUCH_EVERY_MS:
             return row.enrolled_at
     async with db.write() as conn:
         if row is None and max_devices is not None:
             await _check_room(db, conn, principal, max_devices)
-        return await _register(db, conn, principal, client_id, credential)
+        return await _register(db, conn, principal, client_id, credential, app)
 
 
 async def _check_token(conn: AsyncConnection, credential: Credential) -> None:
@@ -95,11 +96,13 @@ async def _check_room(db: Database, conn: AsyncConnection, principal: Principal,
 
 
 async def _register(db: Database, conn: AsyncConnection, principal: Principal, client_id: str,
-                    credential: Credential | None) -> int | None:
+                    credential: Credential | None, app: str | None) -> int | None:
     """Insert the device, or refresh it only while it is the principal's and not revoked: a
     concurrent registration by someone else, or a revocation, since the read wins."""
     now = now_ms()
     token = {} if credential is None else {"token_hash": credential.token_hash, "token_exp": credential.expires_at}
+    if app is not None:
+        token["app_version"] = app
     insert = db.insert(devices).values(
         tenant_id=principal.tenant_id, client_id=client_id, user_id=principal.user_id,
         first_seen=now, last_seen=now, **token,
@@ -113,6 +116,19 @@ async def _register(db: Database, conn: AsyncConnection, principal: Principal, c
     if row is None:
         raise _not_owner(client_id)  # or revoked a moment ago: either way, not for this principal
     return row.enrolled_at
+
+
+async def note_error(db: Database, principal: Principal, client_id: str, error: str) -> None:
+    """Remember the last refusal or error a device met (``devices.last_error``: the device
+    list shows it), e.g. ``CURSOR_EXPIRED`` or ``order.create: CREDIT_LIMIT``. Written only
+    when it changes, and only to the principal's own device."""
+    error = error[:40]
+    async with db.write() as conn:
+        await conn.execute(sa.update(devices).where(
+            devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id,
+            devices.c.user_id == principal.user_id,
+            sa.or_(devices.c.last_error.is_(None), devices.c.last_error != error),
+        ).values(last_error=error))
 
 
 async def acknowledge(db: Database, principal: Principal, client_id: str, seq: int) -> int:

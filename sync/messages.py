@@ -48,6 +48,7 @@ class PullRequest:
     client_id: str
     cursor: bytes | None
     limit: int | None
+    app: str | None = None  # the app's name and version, for the device list
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,16 @@ def client_id_of(body: dict) -> str:
     return client_id  # NUL is refused by wire.check_values already; msgpack carries no lone surrogate
 
 
+def app_of(body: dict) -> str | None:
+    """The optional ``app`` of a pull or hello: what the app says it is ("shop 2.4.1 (android)")."""
+    app = body.get("app")
+    if app is None:
+        return None
+    if not isinstance(app, str) or not 1 <= len(app) <= 64:
+        raise BadRequest("`app` must be a string of 1 to 64 characters")
+    return check_text(app, "`app`")
+
+
 def check_text(value: str, what: str) -> str:
     """``value`` if both databases store it as given: PostgreSQL refuses NUL in text, and a
     lone surrogate (JSON's ``"\\ud800"``; msgpack cannot carry one) has no UTF-8 encoding."""
@@ -114,7 +125,7 @@ def parse_pull(body: Any, minimum: int = MIN_PROTOCOL_VERSION) -> PullRequest:
     limit = body.get("limit")
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise BadRequest("`limit` must be a positive integer")
-    return PullRequest(client_id_of(body), cursor, limit)
+    return PullRequest(client_id_of(body), cursor, limit, app_of(body))
 
 
 def parse_mutations(raw: Any, *, max_mutations: int) -> list[Mutation]:

@@ -66,7 +66,8 @@ class Proc:
                     if not k.startswith("FIELDSYNC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
         self.env.update({"FIELDSYNC_DATABASE_URL": settings.database_url,
                          "FIELDSYNC_JWT_SECRET": settings.jwt_secret.decode(),
-                         "FIELDSYNC_DATA_DIR": str(settings.data_dir), "PYTHONUNBUFFERED": "1", **env})
+                         # its own: two embedded servers may not share one (cli.cmd_serve)
+                         "FIELDSYNC_DATA_DIR": str(self.workdir / "data"), "PYTHONUNBUFFERED": "1", **env})
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -458,3 +459,28 @@ async def test_record_ack_observes_device_lag(services, world):
     await record_ack(services.db, principal, "till-lag", 10**9)  # "ahead": counted as 0 behind
     assert count() - before == 2
     assert count("0.0") - before_zero == 1
+
+
+async def test_a_killed_process_stops_counting_in_the_live_gauges(services, world, processes, tmp_path):
+    """A process killed with a session open left ``fieldsync_ws_sessions`` at 1 for good;
+    each scrape now drops the live gauges of processes that are gone (counters stay)."""
+    shared = tmp_path / "prom-multiproc"
+    shared.mkdir()
+    one = Proc(services.settings, tmp_path / "one", name="one", PROMETHEUS_MULTIPROC_DIR=str(shared))
+    two = Proc(services.settings, tmp_path / "two", name="two", PROMETHEUS_MULTIPROC_DIR=str(shared))
+    processes.extend([one, two])
+    await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
+    pos = token(services, world.pos1, "pos")
+    assert pull(one.base, pos, "till-dying").status_code == 200
+    async with connect(one.base.replace("http://", "ws://") + "/sync/ws", max_size=None, ping_interval=None) as conn:
+        await conn.send(msgpack.packb({"t": "hello", "v": 1, "client_id": "till-dying", "cursor": None,
+                                       "token": pos}))
+        while not msgpack.unpackb(await asyncio.wait_for(conn.recv(), 10))["more"] is False:
+            pass
+        assert total(scrape(two.base), "fieldsync_ws_sessions") == 1
+        one.proc.kill()
+        one.proc.wait()
+    samples = scrape(two.base)
+    assert total(samples, "fieldsync_ws_sessions") == 0, "the dead process's session no longer counts"
+    assert total(samples, "fieldsync_pulls_total", code="ok") == 1, "its counters do"
+    assert not list(shared.glob(f"gauge_live*_{one.proc.pid}.db"))

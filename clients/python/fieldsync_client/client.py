@@ -57,13 +57,14 @@ class SyncClient(HttpFallback):
                  outbox: Outbox | None = None, *, transport: str = "auto", ws_path: str = "/sync/ws",
                  limit: int | None = None, push_batch: int = 500, backoff: Backoff | None = None,
                  poll_interval: float = 5.0, ws_retry_interval: float = 30.0, ping_interval: float = 30.0,
-                 open_timeout: float = 5.0, request_timeout: float = 30.0) -> None:
+                 open_timeout: float = 5.0, request_timeout: float = 30.0, app: str | None = None) -> None:
         if transport not in ("auto", "ws", "http"):
             raise ValueError("transport is auto, ws or http")
         self.base = url.rstrip("/")
         scheme, _, rest = self.base.partition("://")
         self.ws_url = ("wss" if scheme == "https" else "ws") + "://" + rest + ws_path
         self.client_id, self.transport = client_id, transport
+        self.app = app  # "name version": sent in hello and pull, shown in the server's device list
         self.store: LocalStore = store if store is not None else MemoryStore()
         self.outbox: Outbox = outbox if outbox is not None else MemoryOutbox()
         self.limit, self.push_batch, self.backoff = limit, push_batch, backoff or Backoff()
@@ -295,7 +296,8 @@ class SyncClient(HttpFallback):
         writer: asyncio.Task | None = None
         over = asyncio.Event()
         try:
-            await conn.send(_pack({"t": "hello", "v": 1, "client_id": self.client_id, "cursor": self.store.cursor}))
+            hello = {"t": "hello", "v": 1, "client_id": self.client_id, "cursor": self.store.cursor}
+            await conn.send(_pack({**hello, "app": self.app} if self.app else hello))
             self._step(State.CATCHING_UP)
             writer = asyncio.get_running_loop().create_task(self._ws_writer(conn, over))
             async for data in conn:

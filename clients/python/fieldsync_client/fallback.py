@@ -72,6 +72,8 @@ class HttpFallback:
     async def _http_pull(self, sync: HttpSync) -> None:
         while True:
             body: dict[str, Any] = {"v": 1, "client_id": self.client_id, "cursor": self.store.cursor}
+            if self.app:
+                body["app"] = self.app
             if self.limit is not None:
                 body["limit"] = self.limit
             response = await self._http_call(sync, "/sync/pull", body)
