@@ -11,7 +11,7 @@
 import 'dart:io';
 import 'dart:typed_data';
 
-import 'package:dart_protocol/dart_protocol.dart';
+import 'package:dart_protocol/io.dart';
 
 const cols = ['id', 'sku', 'name', 'category', 'unit', 'barcode'];
 const categories = ['Paint', 'Tools', 'Garden', 'Electrical', 'Plumbing', 'Timber', 'Fixings', 'Flooring'];

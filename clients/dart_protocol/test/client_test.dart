@@ -7,7 +7,7 @@
 //   dart test/client_test.dart
 import 'dart:math';
 
-import 'package:dart_protocol/dart_protocol.dart';
+import 'package:dart_protocol/io.dart';
 
 import 'fake_server.dart';
 import 'harness.dart';

@@ -14,7 +14,7 @@
 // a fresh full HTTP pull by a second client.
 import 'dart:io';
 
-import 'package:dart_protocol/dart_protocol.dart';
+import 'package:dart_protocol/io.dart';
 
 import 'harness.dart';
 import 'support.dart';

@@ -6,7 +6,7 @@ library;
 import 'dart:io';
 import 'dart:typed_data';
 
-import 'package:dart_protocol/dart_protocol.dart';
+import 'package:dart_protocol/io.dart';
 
 import 'support.dart';
 

@@ -6,7 +6,7 @@
 import 'dart:io';
 import 'dart:typed_data';
 
-import 'package:dart_protocol/dart_protocol.dart';
+import 'package:dart_protocol/io.dart';
 
 import 'harness.dart';
 import 'support.dart';

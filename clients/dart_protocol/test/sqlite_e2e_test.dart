@@ -20,8 +20,7 @@ import 'dart:convert';
 import 'dart:io';
 import 'dart:typed_data';
 
-import 'package:dart_protocol/dart_protocol.dart';
-import 'package:dart_protocol/src/sqlite_ffi.dart';
+import 'package:dart_protocol/io.dart';
 
 import 'e2e_test.dart' as e2e;
 import 'harness.dart';
@@ -187,7 +186,8 @@ Future<void> phase2(Uri url, String token, String file) async {
       await waitFor(() => seen.last.length == i + 1, 'order ${i + 1} in watch');
       stdout.writeln('  order ${i + 1} visible in watch after ${sw.elapsedMicroseconds} µs');
     }
-    expect(!db.currentStatus.connected && db.currentStatus.lastError != null, () => '${db.currentStatus}');
+    final s = await db.waitFor((s) => s.lastError != null, timeout: const Duration(seconds: 20));
+    expect(!s.connected && s.pending == 3, () => '$s');
     for (final o in plan) {
       final was = before.firstWhere((c) => c['id'] == o.customerId)['balance'] as int;
       final now = (await db.get('SELECT balance FROM customers WHERE id = ?', [o.customerId]))!['balance'];

@@ -8,8 +8,7 @@ import 'dart:async';
 import 'dart:io';
 import 'dart:typed_data';
 
-import 'package:dart_protocol/dart_protocol.dart';
-import 'package:dart_protocol/src/sqlite_ffi.dart';
+import 'package:dart_protocol/io.dart';
 
 import 'harness.dart';
 import 'support.dart';

@@ -1,25 +1,20 @@
 /// [SyncClient]: keeps a [LocalStore] in sync with the server and drains an
 /// [Outbox], over the WebSocket when it can and over HTTP when it cannot.
+/// The decisions are [LiveProtocol]'s (sans-I/O); this drives it: frames in,
+/// actions out, the store and outbox awaited in between. No `dart:io` here:
+/// the default transports come through a conditional import.
 library;
 
 import 'dart:async';
 import 'dart:math';
 
+import 'default_transports_none.dart' if (dart.library.io) 'default_transports.dart';
 import 'errors.dart';
 import 'messages.dart';
+import 'protocol.dart';
 import 'state.dart';
 import 'store.dart';
-import 'transport.dart';
-
-/// The per-connection push bookkeeping: one push frame in flight at a time.
-class _Live {
-  _Live(this.session);
-  final WebSocketSession session;
-  bool busy = false; // a push frame is out (or being built)
-  bool blocked = false; // the server answered a push with an error frame: wait for the next connection
-  List<int> inFlight = const [];
-  Object? error;
-}
+import 'transport_api.dart';
 
 class SyncClient {
   SyncClient({
@@ -33,20 +28,22 @@ class SyncClient {
     this.pushChunk = 100,
     this.pullLimit,
     Backoff? backoff,
-    HttpTransport? http,
-    WebSocketTransport? webSocket,
-  })  : http = http ?? HttpTransport(server, token),
-        webSocket = webSocket ?? WebSocketTransport(server, token),
-        backoff = backoff ?? Backoff(),
-        _chunk = pushChunk;
+    SyncHttp? http,
+    LiveConnector? webSocket,
+  })  : http = http ?? defaultHttp(server, token),
+        webSocket = webSocket ?? defaultLive(server, token),
+        protocol = LiveProtocol(pushChunk: pushChunk, pingInterval: pingInterval, backoff: backoff);
 
   /// This install's id; store it with the outbox (mutation ids count per client).
   final String clientId;
   final LocalStore store;
   final Outbox outbox;
-  final HttpTransport http;
-  final WebSocketTransport webSocket;
-  final Backoff backoff;
+  final SyncHttp http;
+  final LiveConnector webSocket;
+
+  /// The protocol decisions (push chunk, back-off, live, acks).
+  final LiveProtocol protocol;
+  Backoff get backoff => protocol.backoff;
 
   /// false: HTTP only (pull, push, pull), e.g. for a background fetch.
   final bool useWebSocket;
@@ -67,11 +64,10 @@ class SyncClient {
   final _resultsCtl = StreamController<MutationResult>.broadcast();
   SyncStatus _status = const SyncStatus(SyncState.offline);
   OutboxState _outboxState = const OutboxState(pending: 0, rejected: [], inFlight: []);
-  int _chunk;
   bool _wanted = false;
   Future<void>? _loop;
   Completer<void>? _wake;
-  _Live? _live;
+  LiveSession? _live;
 
   SyncState get state => _machine.state;
   SyncStatus get currentStatus => _status;
@@ -114,7 +110,7 @@ class SyncClient {
   Future<void> stop() async {
     _wanted = false;
     _wakeUp();
-    await _live?.session.close(1000, 'client stopped');
+    await _live?.close(1000, 'client stopped');
     await _loop;
   }
 
@@ -143,9 +139,7 @@ class SyncClient {
   /// live; while waiting to reconnect, a new write makes the attempt now.
   Future<OutboxEntry> enqueue(String name, Map<String, Object?> args) async {
     final entry = await outbox.enqueue(name, args);
-    await _emitOutbox();
-    unawaited(_pushNext());
-    if (_wanted && state == SyncState.offline) _wakeUp();
+    await outboxChanged();
     return entry;
   }
 
@@ -153,7 +147,8 @@ class SyncClient {
   /// `SqliteOutbox.enqueueWith` with an optimistic change): push it.
   Future<void> outboxChanged() async {
     await _emitOutbox();
-    unawaited(_pushNext());
+    final live = _live;
+    if (live != null) unawaited(_drive(live, protocol.handle(const OutboxChanged())));
     if (_wanted && state == SyncState.offline) _wakeUp();
   }
 
@@ -173,142 +168,103 @@ class SyncClient {
 
   Future<void> _run() async {
     while (_wanted) {
-      Object? error;
-      var wentLive = false;
+      Object? failure;
+      int? closeCode;
+      String? closeReason;
       _move(SyncState.connecting, rows: 0, batches: 0, upToDate: false, error: null);
+      protocol.connected(DateTime.now());
       try {
-        WebSocketSession? session;
+        LiveSession? session;
         if (useWebSocket) {
           try {
             session = await webSocket.connect(clientId: clientId, cursor: await store.readCursor());
           } on TransportException catch (e) {
-            error = e; // cannot connect: fall back to HTTP below
+            failure = e; // cannot connect: fall back to HTTP below
           }
         }
         if (session != null) {
-          final live = _live = _Live(session);
-          wentLive = await _session(live);
-          error = live.error;
+          await _session(session);
+          closeCode = session.closeCode;
+          closeReason = session.closeReason;
         } else if (_wanted) {
           await _httpRound();
         }
       } on Object catch (e) {
-        error = e;
+        failure = e;
       }
       if (state == SyncState.closed) return;
       if (state != SyncState.offline) _move(SyncState.offline);
       if (!_wanted) break;
-      if (error is SyncServerException &&
-          (error.code == ErrorCode.revoked || error.code == ErrorCode.unsupportedVersion)) {
-        _wanted = false; // reconnecting cannot help: the app must act
-        _move(SyncState.offline, error: error);
-        break;
+      switch (protocol.closed(closeCode: closeCode, closeReason: closeReason, failure: failure)) {
+        case GiveUp(:final error):
+          _wanted = false; // reconnecting cannot help: the app must act
+          _move(SyncState.offline, error: error);
+        case RetryAfter(:final delay, :final error):
+          _move(SyncState.offline, error: error, retryIn: delay);
+          final wake = _wake = Completer<void>();
+          final timer = Timer(delay, _wakeUp);
+          await wake.future;
+          timer.cancel();
+          _wake = null;
       }
-      if (wentLive) backoff.reset();
-      var delay = backoff.next();
-      if (error is SyncServerException && error.retryAfter != null) {
-        delay = Duration(microseconds: max(delay.inMicroseconds, error.retryAfter! * 1000000));
-      }
-      _move(SyncState.offline, error: error, retryIn: delay);
-      final wake = _wake = Completer<void>();
-      final timer = Timer(delay, _wakeUp);
-      await wake.future;
-      timer.cancel();
-      _wake = null;
     }
   }
 
-  /// Runs one WebSocket connection to its end; true if it reached live.
-  Future<bool> _session(_Live live) async {
-    final s = live.session;
+  /// Runs one WebSocket connection to its end.
+  Future<void> _session(LiveSession s) async {
     if (!_wanted) {
       await s.close(1000, 'client stopped');
-      return false;
+      return;
     }
+    _live = s;
     _move(SyncState.catchingUp, transport: TransportKind.webSocket);
-    var wentLive = false;
-    var lastFrame = DateTime.now();
-    final pinger = Timer.periodic(pingInterval, (_) {
-      if (DateTime.now().difference(lastFrame) > pingInterval * 2) {
-        live.error = TransportException('no frame from the server for ${pingInterval * 2}');
-        s.close(4000, 'stalled');
-      } else {
-        s.send(const PingFrame());
-      }
-    });
+    final pinger = Timer.periodic(pingInterval, (_) => unawaited(_drive(s, protocol.handle(Tick(DateTime.now())))));
     try {
       await for (final frame in s.frames) {
-        lastFrame = DateTime.now();
-        switch (frame) {
-          case ChangesFrame(:final batch):
-            await _apply(batch);
-            s.send(AckFrame(batch.cursor));
-            if (!batch.more && state == SyncState.catchingUp) {
-              _move(SyncState.live);
-              wentLive = true;
-              unawaited(_pushNext());
-            }
-          case ResultsFrame(:final results):
-            live
-              ..busy = false
-              ..blocked = false
-              ..inFlight = const [];
-            await _markResults(results);
-            unawaited(_pushNext());
-          case ErrorFrame():
-            live.error = frame.toException();
-            if (live.busy) {
-              // Most likely our push was refused whole (e.g. too large): not again on this connection.
-              live
-                ..busy = false
-                ..blocked = true
-                ..inFlight = const [];
-              if (frame.errorCode == ErrorCode.payloadTooLarge) _chunk = max(1, _chunk ~/ 2);
-              await _emitOutbox();
-            }
-          case PongFrame():
-            break;
-          default:
-            throw ProtocolException('the server sent a `${frame.type}` frame');
-        }
+        await _drive(s, protocol.handle(FrameReceived(frame, DateTime.now())));
       }
     } on ProtocolException catch (e) {
-      live.error = e;
+      protocol.error = e;
       await s.close(1002, 'protocol error');
     } on TransportException catch (e) {
-      live.error ??= e;
+      protocol.error ??= e;
     } finally {
       pinger.cancel();
-      if (identical(_live, live)) _live = null;
-    }
-    final code = s.closeCode;
-    if (live.error == null && code != null && code != 1000 && code != 1001 && code != 1005) {
-      live.error = SyncServerException(ErrorCode.fromClose(code)?.wire ?? 'CLOSED_$code', s.closeReason ?? '',
-          closeCode: code);
+      if (identical(_live, s)) _live = null;
     }
     await _emitOutbox();
-    return wentLive;
   }
 
-  /// Sends the next push frame if live and none is in flight. Never throws
-  /// (it runs unawaited): a failing outbox shows in the status instead.
-  Future<void> _pushNext() async {
-    final live = _live;
-    if (live == null || state != SyncState.live || live.busy || live.blocked) return;
-    live.busy = true;
-    try {
-      final pending = await outbox.pending();
-      if (pending.isEmpty || !identical(live, _live) || !live.session.isOpen) {
-        live.busy = false;
+  /// Carries out [actions] in order, feeding back what they produce. Runs
+  /// unawaited from timers and the outbox too, so it never throws: a store
+  /// or outbox failure ends the connection with that error.
+  Future<void> _drive(LiveSession s, List<SyncAction> actions) async {
+    for (final a in actions) {
+      if (!identical(_live, s) || state == SyncState.closed) return;
+      try {
+        switch (a) {
+          case SendFrame(:final frame):
+            s.send(frame);
+          case ApplyBatch(:final batch):
+            await _apply(batch);
+            await _drive(s, protocol.handle(BatchStored(batch)));
+          case GoLive():
+            _move(SyncState.live);
+          case ReadOutbox():
+            await _drive(s, protocol.handle(OutboxRead(await outbox.pending())));
+          case RecordResults(:final results):
+            await _markResults(results);
+            await _drive(s, protocol.handle(const ResultsRecorded()));
+          case InFlightChanged():
+            await _emitOutbox();
+          case CloseConnection(:final code, :final reason):
+            await s.close(code, reason);
+        }
+      } on Object catch (e) {
+        protocol.error ??= e;
+        await s.close(1011, 'client failure');
         return;
       }
-      final chunk = pending.take(_chunk).toList();
-      live.inFlight = [for (final m in chunk) m.id];
-      live.session.send(PushFrame(chunk));
-      await _emitOutbox();
-    } on Object catch (e) {
-      live.busy = false;
-      if (state != SyncState.closed) _move(state, error: e);
     }
   }
 
@@ -321,10 +277,16 @@ class SyncClient {
     while (true) {
       final pending = await outbox.pending();
       if (pending.isEmpty) break;
-      final chunk = pending.take(_chunk).toList();
+      final chunk = pending.take(protocol.chunk).toList();
       _outboxState = OutboxState(
           pending: _outboxState.pending, rejected: _outboxState.rejected, inFlight: [for (final m in chunk) m.id]);
-      final response = await http.push(PushRequest(clientId: clientId, mutations: chunk));
+      final PushResponse response;
+      try {
+        response = await http.push(PushRequest(clientId: clientId, mutations: chunk));
+      } on SyncServerException catch (e) {
+        protocol.pushRefused(e.code);
+        rethrow;
+      }
       final sent = chunk.map((m) => m.id).toSet();
       await _markResults(response.results);
       pushed = true;
@@ -372,7 +334,7 @@ class SyncClient {
     _outboxState = OutboxState(
       pending: entries.where((e) => e.status == OutboxStatus.pending).length,
       rejected: [for (final e in entries) if (e.status == OutboxStatus.rejected) e],
-      inFlight: _live?.inFlight ?? const [],
+      inFlight: _live == null ? const [] : protocol.inFlight,
     );
     if (!_outboxCtl.isClosed) _outboxCtl.add(_outboxState);
   }

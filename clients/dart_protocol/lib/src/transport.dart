@@ -13,15 +13,14 @@ import 'errors.dart';
 import 'messages.dart';
 import 'msgpack.dart';
 import 'schema.dart';
+import 'transport_api.dart';
 
-/// Where the bearer token comes from; called for every request or connection,
-/// so an app can refresh it.
-typedef TokenSource = FutureOr<String> Function();
+export 'transport_api.dart';
 
 const String msgpackMime = 'application/msgpack';
 
 /// `POST /sync/pull` and `POST /sync/push` with msgpack bodies.
-class HttpTransport {
+class HttpTransport implements SyncHttp {
   HttpTransport(this.baseUri, this.token, {HttpClient? client, this.timeout = const Duration(seconds: 30)})
       : _client = client ?? (HttpClient()..connectionTimeout = const Duration(seconds: 10));
 
@@ -30,13 +29,16 @@ class HttpTransport {
   final Duration timeout;
   final HttpClient _client;
 
+  @override
   Future<PullResponse> pull(PullRequest request) async =>
       PullResponse.fromMsgpack(await post('/sync/pull', request.toMsgpack()));
 
+  @override
   Future<PushResponse> push(PushRequest request) async =>
       PushResponse.fromMsgpack(await post('/sync/push', request.toMsgpack()));
 
   /// `GET /sync/schema`: the datasets' columns, types and keys.
+  @override
   Future<SyncSchema> schema() async => SyncSchema.fromMsgpack(await post('/sync/schema', null));
 
   /// Posts [body] as msgpack (or GETs [path] when [body] is null) and
@@ -84,11 +86,12 @@ class HttpTransport {
     }
   }
 
+  @override
   void close({bool force = false}) => _client.close(force: force);
 }
 
 /// Opens live sessions on `GET /sync/ws`.
-class WebSocketTransport {
+class WebSocketTransport implements LiveConnector {
   WebSocketTransport(this.baseUri, this.token,
       {this.connectTimeout = const Duration(seconds: 10), this.tokenInHello = false});
 
@@ -102,6 +105,7 @@ class WebSocketTransport {
   Uri get url => baseUri.replace(scheme: baseUri.scheme == 'https' ? 'wss' : 'ws', path: '/sync/ws');
 
   /// Connects with the `Authorization` header and sends `hello`.
+  @override
   Future<WebSocketSession> connect({required String clientId, Uint8List? cursor}) async {
     final bearer = await token();
     final WebSocket socket;
@@ -120,7 +124,7 @@ class WebSocketTransport {
 }
 
 /// One open WebSocket: typed [frames] in, [send] out.
-class WebSocketSession {
+class WebSocketSession implements LiveSession {
   WebSocketSession(this._socket) {
     frames = _socket.map<Frame>((data) {
       if (data is List<int>) return Frame.decode(data);
@@ -134,18 +138,24 @@ class WebSocketSession {
   final WebSocket _socket;
 
   /// Frames from the server; ends when the socket closes (see [closeCode]).
+  @override
   late final Stream<Frame> frames;
 
+  @override
   void send(Frame frame) {
     if (_socket.readyState == WebSocket.open) _socket.add(frame.encode());
   }
 
+  @override
   bool get isOpen => _socket.readyState == WebSocket.open;
 
   /// The close code the server (or we) closed with; null while open.
+  @override
   int? get closeCode => _socket.closeCode;
+  @override
   String? get closeReason => _socket.closeReason;
 
+  @override
   Future<void> close([int code = 1000, String reason = '']) async {
     try {
       await _socket.close(code, reason).timeout(const Duration(seconds: 3));
