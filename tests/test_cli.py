@@ -6,6 +6,7 @@ Run both in-process (``server.cli.main``) and as the installed console script, w
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import csv
 import os
@@ -362,3 +363,22 @@ def test_demo_then_token_then_import(env, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert query(env, "SELECT count(*) FROM products WHERE tenant_id = ?", tenant_id) == [(52,)]
     assert head(env, tenant_id) == seq + 1
+
+
+def test_every_option_of_every_command_is_described():
+    """`--help` shows what each option does, with its default (issue 14)."""
+    parser, _ = cli._parser()
+
+    def walk(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, [*path, name])
+            elif action.dest != "help":
+                yield path, action, p
+
+    undocumented = [(" ".join(path), action.dest) for path, action, _ in walk(parser, []) if not action.help]
+    assert undocumented == []
+    simulate = next(p for path, _, p in walk(parser, []) if path == ["simulate"])
+    text = simulate.format_help()
+    assert "--seconds" in text and "run until Ctrl-C" in text and "(default: 4)" in text
