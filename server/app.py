@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from sync import capture
 from sync.cursor import CursorCodec
 from sync.errors import SyncError
 from sync.push import Pusher
@@ -56,16 +57,25 @@ class Services:
     # A reconnect storm: WebSocket devices at one cursor share each catch-up batch. Not HTTP
     # pulls: a batch read before a device's own push would hide it from its next pull.
     shared_pulls: SharedPulls = field(default_factory=lambda: SharedPulls(on_result=metrics.count_shared_pull))
+    _watch: asyncio.Task | None = None  # sync.capture.watch: commits by other programs
 
     async def start_live(self) -> None:
-        """Connect fan-out: local commits are published, every notice wakes the hub."""
+        """Connect fan-out: local commits are published, every notice wakes the hub; and
+        hear of other programs' commits (every process hears them itself, so they wake
+        only its own sessions)."""
         loop = asyncio.get_running_loop()
         await self.fanout.start(self.hub.notify, self.hub.tenants, self.hub.recheck)
         self.db.commit_listeners.append(
             lambda tenant, seq, buckets: loop.create_task(self.fanout.publish(Notice.of_commit(tenant, seq, buckets)))
         )
+        self._watch = asyncio.create_task(capture.watch(
+            self.db, lambda tenant, seq, buckets: self.hub.notify(Notice.of_commit(tenant, seq, buckets))))
 
     async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
         await self.hub.stop()
         await self.fanout.stop()
         if self.jobs is not None:

@@ -53,9 +53,11 @@ class Notice:
                    bool(later and later[0]))
 
     @classmethod
-    def of_commit(cls, tenant_id: int, seq: int, buckets: Iterable[str]) -> Notice:
-        buckets = frozenset(buckets)
-        return cls(tenant_id, seq, buckets if len(buckets) <= MAX_BUCKETS else None, at=time.time())
+    def of_commit(cls, tenant_id: int, seq: int, buckets: Iterable[str] | None) -> Notice:
+        """``buckets`` None (or too many to name): the notice wakes every session of the tenant."""
+        buckets = frozenset(buckets) if buckets is not None else None
+        return cls(tenant_id, seq, buckets if buckets is not None and len(buckets) <= MAX_BUCKETS else None,
+                   at=time.time())
 
 
 Listener = Callable[[Notice], None]

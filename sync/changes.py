@@ -1,7 +1,9 @@
 """Writes to synced tables, each recorded in the change log in the same transaction.
 
-Every write of the domain, the admin API and the importers goes through a
-:class:`ChangeSet`; that is what makes "every write appends its change" true.
+The recording is the capture triggers' (sync/capture.py), whoever writes: a ChangeSet is
+fieldsync's own way to write (the domain, the admin API, the importers), which also
+positions its entries as the transaction's last statement, so it can tell the fan-out
+which position and buckets it committed.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .schema import Registry, SyncedTable
-from .storage import PUT, REMOVE, Database, change_log, log_head
+from . import capture
+from .schema import TENANT, Registry, SyncedTable, tenant_clause
+from .storage import Database
 
 _CHUNK = 500  # keys per IN (...) list: well under SQLite's 32766 bound parameters
-_BULK_FROM = 50  # from this many log entries (or updates of one column set), PostgreSQL takes the bulk paths
+_BULK_FROM = 50  # from this many updates of one column set, PostgreSQL takes the bulk path
 
 
 def now_ms() -> int:
@@ -28,10 +31,11 @@ def now_ms() -> int:
 
 
 class ChangeSet:
-    """Writes for one tenant in one transaction, collecting the log entries they cause.
+    """Writes for one tenant in one transaction.
 
-    :meth:`commit_position` must be the last statement before COMMIT: it takes the
-    tenant's ``log_head`` row lock, so positions are handed out in commit order.
+    :meth:`commit_position` must be the last statement before COMMIT: it positions the
+    entries the triggers staged, taking the tenant's ``log_head`` row lock, so positions
+    are handed out in commit order.
     """
 
     def __init__(self, db: Database, conn: AsyncConnection, registry: Registry, tenant_id: int) -> None:
@@ -39,40 +43,21 @@ class ChangeSet:
         self.conn = conn
         self.registry = registry
         self.tenant_id = tenant_id
-        self._entries: dict[tuple[str, str], int] = {}
+        self.buckets: frozenset[str] = frozenset()  # those the commit touched, once positioned
 
     # -- writes -------------------------------------------------------------------
 
     async def insert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert rows known to be new."""
-        if not rows:
-            return
+        """Insert rows known to be new (a row without its key gets one from the database)."""
         key = self._synced(table).key
-        rows = [{**row, "tenant_id": self.tenant_id} for row in rows]
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in rows:
-            if row.get(key) is not None:  # executemany needs one column set per statement
-                shapes.setdefault(tuple(sorted(row)), []).append(row)
+        for row in rows:  # executemany needs one column set per statement
+            row = {**row, TENANT: self.tenant_id} if TENANT in table.c else dict(row)
+            if row.get(key, 0) is None:
+                del row[key]
+            shapes.setdefault(tuple(sorted(row)), []).append(row)
         for same in shapes.values():
             await self.conn.execute(sa.insert(table), same)
-        for row in rows:
-            if row.get(key) is None:  # the database assigns the key
-                row[key] = (await self.conn.execute(sa.insert(table).values(row).returning(table.c[key]))).scalar_one()
-        await self._fill_defaults(table, rows)
-        self._record(table, [(None, row) for row in rows])
-
-    async def _fill_defaults(self, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-        """Read back the scope columns a row left to the database's defaults: a product
-        inserted without ``active`` is active, so it must be logged in the catalog bucket."""
-        synced = self._synced(table)
-        needed = set().union(*(spec.columns for spec in self.registry.specs_of(table.name)))
-        partial = [row for row in rows if not needed <= row.keys()]
-        if not partial:
-            return
-        stored = await self._old_rows(synced, [row[synced.key] for row in partial], full=False)
-        for row in partial:
-            for col, value in stored.get(_k(row[synced.key]), {}).items():
-                row.setdefault(col, value)
 
     async def upsert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert new rows, update the given columns of existing ones; of a key given
@@ -105,71 +90,24 @@ class ChangeSet:
         await self._apply_updates(self._synced(table), [(dict(before), dict(values)) for before, values in pairs])
 
     async def delete(self, table: sa.Table, keys: Iterable[Any]) -> int:
-        synced = self._synced(table)
-        old = await self._old_rows(synced, list(keys), full=False)
-        key_col = table.c[synced.key]
-        for chunk in _chunks(list(old.values()), _CHUNK):
-            await self.conn.execute(
-                sa.delete(table).where(table.c.tenant_id == self.tenant_id, key_col.in_([r[synced.key] for r in chunk]))
-            )
-        self._record(table, [(row, None) for row in old.values()])
-        return len(old)
+        """Delete rows by key; returns how many there were."""
+        key_col = table.c[self._synced(table).key]
+        deleted = 0
+        for chunk in _chunks(list(keys), _CHUNK):
+            result = await self.conn.execute(
+                sa.delete(table).where(tenant_clause(table, self.tenant_id), key_col.in_(chunk)))
+            deleted += result.rowcount
+        return deleted
 
     # -- the log ------------------------------------------------------------------
 
-    @property
-    def buckets(self) -> frozenset[str]:
-        return frozenset(bucket for bucket, _ in self._entries)
-
     async def commit_position(self) -> int | None:
-        """Take the next log position and append the entries; None when nothing changed."""
-        if not self._entries:
+        """Position the transaction's entries; None when nothing was captured."""
+        positioned = await capture.position(self.conn, self.db, self.tenant_id)
+        if positioned is None:
             return None
-        seq = await self._bump_head()
-        at = now_ms()
-        if len(self._entries) >= _BULK_FROM and not self.db.is_sqlite:
-            # A bulk write's entries by COPY: for 500 rows, ~5 ms of building and
-            # binding an INSERT's parameters in Python become a fraction of one.
-            raw = await self.conn.get_raw_connection()
-            records = [(self.tenant_id, bucket, seq, key, op, at) for (bucket, key), op in self._entries.items()]
-            await raw.driver_connection.copy_records_to_table(
-                change_log.name, records=records, columns=[c.name for c in change_log.c])
-            return seq
-        rows = [
-            {"tenant_id": self.tenant_id, "bucket": bucket, "seq": seq, "key": key, "op": op, "at": at}
-            for (bucket, key), op in self._entries.items()
-        ]
-        for chunk in _chunks(rows, 5000):
-            await self.conn.execute(sa.insert(change_log), chunk)
+        seq, self.buckets = positioned
         return seq
-
-    async def _bump_head(self) -> int:
-        bump = (
-            sa.update(log_head)
-            .where(log_head.c.tenant_id == self.tenant_id)
-            .values(seq=log_head.c.seq + 1)
-            .returning(log_head.c.seq)
-        )
-        seq = (await self.conn.execute(bump)).scalar()
-        if seq is None:  # first write of this tenant
-            await self.conn.execute(
-                self.db.insert(log_head).values(tenant_id=self.tenant_id, seq=0).on_conflict_do_nothing()
-            )
-            seq = (await self.conn.execute(bump)).scalar_one()
-        return seq
-
-    def _record(self, table: sa.Table, pairs: Iterable[tuple[Mapping | None, Mapping | None]]) -> None:
-        synced = self._synced(table)
-        specs = self.registry.specs_of(table.name)
-        for before, after in pairs:
-            key = _k((after or before)[synced.key])
-            for spec in specs:
-                old = spec.bucket_of(before) if before is not None else None
-                new = spec.bucket_of(after) if after is not None else None
-                if old is not None and old != new:
-                    self._entries[(old, key)] = REMOVE
-                if new is not None:
-                    self._entries[(new, key)] = PUT
 
     # -- helpers ------------------------------------------------------------------
 
@@ -189,7 +127,7 @@ class ChangeSet:
             cols = [table.c[n] for n in sorted(names)]
         found: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(keys, _CHUNK):
-            query = sa.select(*cols).where(table.c.tenant_id == self.tenant_id, table.c[synced.key].in_(chunk))
+            query = sa.select(*cols).where(tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk))
             if not self.db.is_sqlite:
                 query = query.with_for_update()
             for row in (await self.conn.execute(query)).mappings():
@@ -203,7 +141,7 @@ class ChangeSet:
         scoped = {c for spec in self.registry.specs_of(table.name) for c in spec.columns}
         batches: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for before, values in pairs:
-            values = {c: v for c, v in values.items() if c not in (key, "tenant_id")}
+            values = {c: v for c, v in values.items() if c not in (key, TENANT)}
             if any(isinstance(values.get(c), sa.ClauseElement) for c in scoped):
                 raise TypeError("scope columns must be written as plain values")
             if synced.versioned:
@@ -212,12 +150,10 @@ class ChangeSet:
                 continue
             if any(isinstance(v, sa.ClauseElement) for v in values.values()):
                 await self.conn.execute(
-                    sa.update(table).where(table.c.tenant_id == self.tenant_id, table.c[key] == before[key]).values(values)
+                    sa.update(table).where(tenant_clause(table, self.tenant_id), table.c[key] == before[key]).values(values)
                 )
             else:
                 batches.setdefault(tuple(sorted(values)), []).append({"_key": before[key], **values})
-            after = {**before, **{c: v for c, v in values.items() if not isinstance(v, sa.ClauseElement)}}
-            self._record(table, [(before, after)])
         for cols, params in batches.items():
             if len(params) >= _BULK_FROM and not self.db.is_sqlite and _unnestable(table, key, cols, params):
                 # One statement over arrays instead of one executemany row each: for 500
@@ -227,7 +163,7 @@ class ChangeSet:
                 continue
             statement = (
                 sa.update(table)
-                .where(table.c.tenant_id == self.tenant_id, table.c[key] == sa.bindparam("_key"))
+                .where(tenant_clause(table, self.tenant_id), table.c[key] == sa.bindparam("_key"))
                 .values({c: sa.bindparam(c) for c in cols})
             )
             await self.conn.execute(statement, params)
@@ -253,7 +189,8 @@ def _unnest_update(table: sa.Table, key: str, cols: tuple[str, ...]) -> sa.Updat
     rows = sa.func.unnest(*arrays).table_valued(*("_key", *cols)).render_derived(name="v")
     return (
         sa.update(table)
-        .where(table.c.tenant_id == sa.bindparam("tenant"), table.c[key] == rows.c["_key"])
+        .where(tenant_clause(table, sa.bindparam("tenant")) if TENANT in table.c else sa.true(),
+               table.c[key] == rows.c["_key"])
         .values({c: rows.c[c] for c in cols})
     )
 

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .changes import now_ms
-from .schema import Dataset, Registry, Scope
+from .schema import Dataset, Registry, Scope, tenant_clause
 from .storage import Database, hot_pages, log_head
 
 PAGE_ROWS = 1000
@@ -77,7 +77,7 @@ async def _partitions(db: Database, tenant_id: int, ds: Dataset, scope: Scope) -
     column = ds.table.c[scope.partition]
     async with db.read() as conn:
         found = (await conn.execute(sa.select(column).distinct().where(
-            ds.table.c.tenant_id == tenant_id, column.is_not(None)))).scalars().all()
+            tenant_clause(ds.table, tenant_id), column.is_not(None)))).scalars().all()
     return [[value] for value in found]
 
 
@@ -91,7 +91,7 @@ async def _build_scope(db: Database, tenant_id: int, ds: Dataset, scope: Scope, 
             return 0
         rows = [list(r) for r in await conn.execute(
             sa.select(*(ds.table.c[c] for c in ds.columns))
-            .where(ds.table.c.tenant_id == tenant_id, scope.clause(ds.table, values, now_ms()))
+            .where(tenant_clause(ds.table, tenant_id), scope.clause(ds.table, values, now_ms()))
             .order_by(ds.table.c[ds.key]))]
     pages = [rows[start:start + page_rows] for start in range(0, len(rows), page_rows)] or [[]]
     now = now_ms()

@@ -22,7 +22,7 @@ from .changes import now_ms
 from . import hot
 from .cursor import Cursor, CursorCodec
 from .messages import PROTOCOL_VERSION, DatasetBatch, PullResponse
-from .schema import Dataset, Principal, Registry, Scope
+from .schema import Dataset, Principal, Registry, Scope, tenant_clause
 from .storage import Database, change_log, log_head
 
 _CHUNK = 500
@@ -173,7 +173,7 @@ class Reader:
             key = ds.table.c[ds.key]
             query = (
                 sa.select(*(ds.table.c[c] for c in ds.columns))
-                .where(ds.table.c.tenant_id == principal.tenant_id, scope.clause(ds.table, values[ds.name], now))
+                .where(tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now))
                 .order_by(key)
                 .limit(want)
             )
@@ -366,7 +366,7 @@ async def _read_rows(conn: AsyncConnection, tenant_id: int, ds: Dataset, keys: l
     found: dict[Any, dict[str, Any]] = {}
     for start in range(0, len(keys), _CHUNK):
         query = sa.select(*(ds.table.c[c] for c in names)).where(
-            ds.table.c.tenant_id == tenant_id, key_col.in_(keys[start:start + _CHUNK])
+            tenant_clause(ds.table, tenant_id), key_col.in_(keys[start:start + _CHUNK])
         )
         for row in (await conn.execute(query)).mappings():
             found[row[ds.key]] = dict(row)
@@ -395,7 +395,7 @@ async def _aged_out(conn: AsyncConnection, principal: Principal, ds: Dataset, va
     stamp = ds.table.c[column]
     no_window = dataclasses.replace(scope, window=None)
     query = sa.select(ds.table.c[ds.key]).where(
-        ds.table.c.tenant_id == principal.tenant_id,
+        tenant_clause(ds.table, principal.tenant_id),
         no_window.clause(ds.table, values, now),
         stamp >= since - width,
         stamp < now - width,

@@ -105,6 +105,19 @@ class Scope:
         return sa.and_(sa.true(), *terms)
 
 
+#: A synced table with this column keeps the rows of many tenants; one without it (a company's
+#: own ERP table) is a single company's, served as tenant 1.
+TENANT = "tenant_id"
+SINGLE_TENANT = 1
+
+
+def tenant_clause(table: sa.Table, tenant_id: int) -> sa.ColumnElement[bool]:
+    """The rows of ``table`` that belong to ``tenant_id``."""
+    if TENANT in table.c:
+        return table.c[TENANT] == tenant_id
+    return sa.true() if tenant_id == SINGLE_TENANT else sa.false()
+
+
 _WIRE_TYPES: list[tuple[type, str]] = [
     (sa.Boolean, "bool"),
     (sa.Integer, "int"),

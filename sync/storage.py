@@ -48,6 +48,38 @@ change_log = sa.Table(
     sa.Index("ix_change_log_seq", "tenant_id", "seq"),
     sa.Index("ix_change_log_key", "tenant_id", "bucket", "key"),
 )
+# Change capture (sync/capture.py). The triggers on synced tables stage each write's
+# entries here, in the writer's transaction; they get their log position when it commits
+# (PostgreSQL: a deferred trigger on ``change_txn``; SQLite: ``capture.flush``). Rows live
+# only inside one transaction on PostgreSQL, hence UNLOGGED there (see the migration).
+change_stage = sa.Table(
+    "change_stage",
+    metadata,
+    sa.Column("n", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("txid", sa.BigInteger),  # PostgreSQL's txid_current(); unused on SQLite
+    sa.Column("tenant_id", sa.Integer, nullable=False),
+    sa.Column("bucket", sa.String(200), nullable=False),
+    sa.Column("key", sa.String(100), nullable=False),
+    sa.Column("op", sa.SmallInteger, nullable=False),
+    sa.Index("ix_change_stage_txid", "txid", "tenant_id"),
+)
+# One row per (transaction, tenant) that staged entries: its insert queues the deferred
+# trigger that positions them at commit (PostgreSQL only).
+change_txn = sa.Table(
+    "change_txn",
+    metadata,
+    sa.Column("txid", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("tenant_id", sa.Integer, primary_key=True, autoincrement=False),
+)
+# The hash of the capture triggers installed, so ``serve`` can tell they are out of date.
+capture_state = sa.Table(
+    "capture_state",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("installed_at", sa.BigInteger, nullable=False),
+)
+
 # Pre-built snapshot pages of datasets many devices share (the catalog, a branch's stock):
 # the rows of one scope read in one snapshot at log position ``seq``, in key order.
 hot_pages = sa.Table(
@@ -155,7 +187,10 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             _sqlite_transactions(self.engine)
         else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size)
+            # The capture's commit trigger NOTIFYs for other programs only: fieldsync tells
+            # its fan-out itself, with the position and buckets it committed.
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args={
+                "server_settings": {"application_name": "fieldsync"}})
             _ping_when_idle(self.engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         read_options = {"fs_mode": "read"}

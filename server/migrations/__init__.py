@@ -9,7 +9,10 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from sync import capture
 from sync.storage import Database
+
+from ..domain.registry import build_registry
 
 HERE = Path(__file__).parent
 
@@ -22,13 +25,17 @@ def _config(connection=None) -> Config:
 
 
 async def upgrade(db: Database, revision: str = "head") -> None:
+    """Migrate fieldsync's own tables, then (at head) install the capture triggers the
+    declared datasets need (sync/capture.py)."""
     async with db.engine.begin() as conn:
         await conn.run_sync(lambda sync_conn: command.upgrade(_config(sync_conn), revision))
+    if revision == "head":
+        await capture.install(db, build_registry())
 
 
 async def pending(db: Database) -> bool:
-    """Whether the database is behind the code's migrations."""
+    """Whether the database is behind the code's migrations or capture triggers."""
     head = ScriptDirectory.from_config(_config()).get_current_head()
     async with db.engine.connect() as conn:
         current = await conn.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
-    return current != head
+    return current != head or not await capture.installed(db, build_registry())
