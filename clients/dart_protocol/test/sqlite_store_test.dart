@@ -61,8 +61,9 @@ Future<void> main(List<String> args) async {
 Future<void> run() async {
   await checkAsync('ffi: values round-trip; a throwing transaction rolls back', () async {
     final db = FfiSqlDatabase.open(newFile());
-    await db.execute('CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n)');
-    await db.execute('INSERT INTO t VALUES (?, ?, ?, ?, ?)', [9007199254740991, 0.5, 'é\u{1F600}', Uint8List(3), null]);
+    await db.execute('CREATE TABLE t (i INTEGER, r REAL, s TEXT, b BLOB, n, e TEXT)');
+    await db.execute(
+        'INSERT INTO t VALUES (?, ?, ?, ?, ?, ?)', [9007199254740991, 0.5, 'é\u{1F600}', Uint8List(3), null, '']);
     try {
       await db.transaction((tx) async {
         await tx.execute('INSERT INTO t (i) VALUES (1)');
@@ -73,7 +74,7 @@ Future<void> run() async {
     }
     final rows = await db.select('SELECT * FROM t');
     expect(rows.length == 1, () => '$rows');
-    expect(deepEquals(rows.single, {'i': 9007199254740991, 'r': 0.5, 's': 'é\u{1F600}', 'b': Uint8List(3), 'n': null}),
+    expect(deepEquals(rows.single, {'i': 9007199254740991, 'r': 0.5, 's': 'é\u{1F600}', 'b': Uint8List(3), 'n': null, 'e': ''}),
         () => '$rows');
     try {
       await db.execute('SELECT * FROM nope');

@@ -221,7 +221,12 @@ class SyncClient {
     final pinger = Timer.periodic(pingInterval, (_) => unawaited(_drive(s, protocol.handle(Tick(DateTime.now())))));
     try {
       await for (final frame in s.frames) {
-        await _drive(s, protocol.handle(FrameReceived(frame, DateTime.now())));
+        final actions = protocol.handle(FrameReceived(frame, DateTime.now()));
+        // No await when there is nothing to do: `await for` pauses the socket
+        // while the body awaits, and dart:io then never releases a socket
+        // whose close frame arrived during such a pause (an error frame
+        // followed by the close, as with REVOKED, leaked one per session).
+        if (actions.isNotEmpty) await _drive(s, actions);
       }
     } on ProtocolException catch (e) {
       protocol.error = e;
@@ -231,6 +236,7 @@ class SyncClient {
     } finally {
       pinger.cancel();
       if (identical(_live, s)) _live = null;
+      await s.close(); // the server closed: finish the handshake so the socket is released
     }
     await _emitOutbox();
   }

@@ -194,6 +194,23 @@ class FfiSqlDatabase extends SqlDatabaseBase {
     return _scratch;
   }
 
+  // Most wire text is ASCII: copied straight into the native buffer, without
+  // the intermediate list utf8.encode makes.
+  int _bindText(Pointer<_Stmt> stmt, int at, String v) {
+    final n = v.length;
+    if (n >= _scratchSize) _bytes(Uint8List(n + 1)); // never the null pointer: '' is not NULL
+    final buf = _scratch.asTypedList(n);
+    for (var i = 0; i < n; i++) {
+      final c = v.codeUnitAt(i);
+      if (c > 127) {
+        final b = utf8.encode(v);
+        return _lib.bindText(stmt, at, _bytes(b), b.length, _transient);
+      }
+      buf[i] = c;
+    }
+    return _lib.bindText(stmt, at, _scratch, n, _transient);
+  }
+
   void _bind(Pointer<_Stmt> stmt, List<Object?> params) {
     for (var i = 0; i < params.length; i++) {
       final v = params[i];
@@ -204,8 +221,7 @@ class FfiSqlDatabase extends SqlDatabaseBase {
       } else if (v is int) {
         rc = _lib.bindInt64(stmt, at, v);
       } else if (v is String) {
-        final b = utf8.encode(v);
-        rc = _lib.bindText(stmt, at, _bytes(b), b.length, _transient);
+        rc = _bindText(stmt, at, v);
       } else if (v is bool) {
         rc = _lib.bindInt64(stmt, at, v ? 1 : 0);
       } else if (v is double) {
@@ -273,10 +289,21 @@ class FfiSqlDatabase extends SqlDatabaseBase {
   @override
   SqlResult selectSync(String sql, [List<Object?> params = const []]) => _run(sql, params);
 
+  /// The bulk path of a batch: one prepared statement, bind-step-reset per
+  /// row (clear_bindings is not needed: every row binds every parameter).
   @override
   void executeManySync(String sql, Iterable<List<Object?>> rows) {
-    for (final p in rows) {
-      _run(sql, p, wantRows: false);
+    final stmt = _prepare(sql);
+    try {
+      for (final p in rows) {
+        _bind(stmt, p);
+        final rc = _lib.step(stmt);
+        if (rc != _done && rc != _row) throw SqliteException(rc, '${_cString(_lib.errmsg(_db))} in: $sql');
+        _lib.reset(stmt);
+      }
+    } finally {
+      _lib.reset(stmt);
+      _lib.clear(stmt);
     }
   }
 
