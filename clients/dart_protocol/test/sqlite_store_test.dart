@@ -117,6 +117,20 @@ Future<void> run() async {
     expect((await s.readRows('customers')).map((r) => r['id']).join() == '7', () => 'reset');
   });
 
+  await checkAsync('no schema: tables inferred from the batch; a reset-only unknown dataset is skipped', () async {
+    final s = await openStore(newFile());
+    await s.applyBatch(PullResponse(cursor: cur(1), more: false, reset: ['dashboard', 'orders'], data: {
+      'orders': DatasetBatch(cols: ['id', 'total', 'ok', 'lines'], rows: [
+        ['o1', 5, true, [1]]
+      ], deletes: []),
+    }));
+    expect(deepEquals(await s.readRows('orders'), [
+      {'id': 'o1', 'total': 5, 'ok': true, 'lines': [1]}
+    ]), () => 'orders');
+    final names = await s.datasets();
+    expect(names.join() == 'orders', () => '$names');
+  });
+
   await checkAsync('a batch that fails (bad batch, or a throw before commit) changes nothing', () async {
     final s = await openStore(newFile());
     await s.useSchema(schema);

@@ -174,6 +174,9 @@ class SqliteStore implements LocalStore {
 
   Future<void> _applyDataset(SqlExecutor tx, PreparedDataset ds) async {
     var shape = _tables[ds.name];
+    if (shape == null && ds.cols.isEmpty && _schema?.datasets[ds.name] == null) {
+      return; // a reset of a dataset this store never had, with no rows and no schema: nothing to make
+    }
     if (ds.reset) {
       final want = _shapeFor(ds.name, ds.cols, ds.rows);
       if (shape == null || !shape.sameShape(want)) {
