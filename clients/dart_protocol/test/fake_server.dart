@@ -56,16 +56,35 @@ class FakeServer {
               : MutationResult(id: m.id, status: MutationStatus.applied, result: {'ok': m.id})
       ];
 
+  /// When set, any other bearer token is refused with 401 AUTH_INVALID.
+  String? requiredToken;
+
   Future<void> start() async {
     http = await HttpServer.bind(InternetAddress.loopbackIPv4, 0);
     http.listen((req) async {
-      authHeaders.add(req.headers.value(HttpHeaders.authorizationHeader));
+      final auth = req.headers.value(HttpHeaders.authorizationHeader);
+      authHeaders.add(auth);
+      if (requiredToken != null && auth != 'Bearer $requiredToken') {
+        await req.drain<void>();
+        req.response.statusCode = 401;
+        req.response.add(msgpackEncode(ErrorBody('AUTH_INVALID', 'token expired').toMsgpack()));
+        await req.response.close();
+        return;
+      }
       if (req.uri.path == '/sync/ws' && webSocketUp && WebSocketTransformer.isUpgradeRequest(req)) {
         _session(await WebSocketTransformer.upgrade(req));
         return;
       }
       if (req.uri.path == '/sync/ws') {
         req.response.statusCode = 404; // as a proxy that does not pass WebSockets
+        await req.response.close();
+        return;
+      }
+      if (req.method == 'GET') {
+        // no /sync/schema here: clients must cope (SyncDatabase infers the tables)
+        await req.drain<void>();
+        req.response.statusCode = 404;
+        req.response.add(msgpackEncode(ErrorBody('BAD_REQUEST', 'no such route').toMsgpack()));
         await req.response.close();
         return;
       }
