@@ -5,6 +5,7 @@
 // HTTP fallback when the WebSocket cannot connect).
 //
 //   dart test/client_test.dart
+import 'dart:io';
 import 'dart:math';
 
 import 'package:dart_protocol/io.dart';
@@ -325,6 +326,43 @@ Future<void> clientChecks() async {
     await expectAsyncThrows<StateError>(client.syncOverHttp, 'syncOverHttp while running');
     await client.close();
     server.webSocketUp = true;
+  });
+  await checkAsync('sessions the server closes mid-batch release their sockets', () async {
+    int sockets() => Directory('/proc/self/fd')
+        .listSync()
+        .where((f) {
+          try {
+            return Link(f.path).targetSync().startsWith('socket:');
+          } on FileSystemException {
+            return false;
+          }
+        })
+        .length;
+    if (!Directory('/proc/self/fd').existsSync()) return; // Linux only
+    final before = sockets();
+    final http = await HttpServer.bind(InternetAddress.loopbackIPv4, 0);
+    var sessions = 0;
+    http.listen((req) async {
+      final ws = await WebSocketTransformer.upgrade(req);
+      ws.listen((data) {
+        if (Frame.decode(data as List<int>) is! HelloFrame) return;
+        sessions++;
+        ws.add(ChangesFrame(batch(sessions, more: true)).encode()); // the close comes while it is applied
+        ws.close(1001, 'going away');
+      });
+    });
+    final client = SyncClient(
+        server: Uri.parse('http://127.0.0.1:${http.port}'),
+        token: () => 't',
+        clientId: 'dev-5',
+        store: MemoryStore(),
+        outbox: MemoryOutbox(),
+        backoff: Backoff(initial: const Duration(milliseconds: 10), max: const Duration(milliseconds: 20)));
+    client.start();
+    await until(() => sessions >= 20, '20 sessions');
+    await client.close();
+    await http.close(force: true);
+    await until(() => sockets() <= before, 'sockets released (${sockets()} open, $before before)');
   });
   await checkAsync('HttpTransport: error bodies and network failures', () async {
     final http = HttpTransport(server.uri, () => 't');

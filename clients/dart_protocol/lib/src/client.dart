@@ -220,19 +220,7 @@ class SyncClient {
     _move(SyncState.catchingUp, transport: TransportKind.webSocket);
     final pinger = Timer.periodic(pingInterval, (_) => unawaited(_drive(s, protocol.handle(Tick(DateTime.now())))));
     try {
-      await for (final frame in s.frames) {
-        final actions = protocol.handle(FrameReceived(frame, DateTime.now()));
-        // No await when there is nothing to do: `await for` pauses the socket
-        // while the body awaits, and dart:io then never releases a socket
-        // whose close frame arrived during such a pause (an error frame
-        // followed by the close, as with REVOKED, leaked one per session).
-        if (actions.isNotEmpty) await _drive(s, actions);
-      }
-    } on ProtocolException catch (e) {
-      protocol.error = e;
-      await s.close(1002, 'protocol error');
-    } on TransportException catch (e) {
-      protocol.error ??= e;
+      await _frames(s);
     } finally {
       pinger.cancel();
       if (identical(_live, s)) _live = null;
@@ -240,6 +228,37 @@ class SyncClient {
     }
     await _emitOutbox();
   }
+
+  /// Feeds the session's frames to the protocol until the socket ends, and
+  /// carries out the actions in arrival order. The socket is read without
+  /// pausing unless [_maxQueued] frames wait for the store: dart:io never
+  /// releases a WebSocket whose close frame arrives while it is paused (an
+  /// `await for` pauses it during every apply: one leaked socket per session
+  /// the server closed mid-batch).
+  Future<void> _frames(LiveSession s) {
+    final done = Completer<void>();
+    var chain = Future<void>.value();
+    var queued = 0;
+    late final StreamSubscription<Frame> sub;
+    void finish() {
+      if (!done.isCompleted) done.complete(chain);
+    }
+
+    sub = s.frames.listen((frame) {
+      final actions = protocol.handle(FrameReceived(frame, DateTime.now()));
+      if (actions.isEmpty) return;
+      if (++queued > _maxQueued) sub.pause(); // the store is behind: let TCP push back
+      chain = chain.then((_) => _drive(s, actions)).whenComplete(() {
+        if (--queued <= _maxQueued && sub.isPaused) sub.resume();
+      });
+    }, onError: (Object e) {
+      protocol.error ??= e;
+      if (e is ProtocolException) unawaited(s.close(1002, 'protocol error'));
+    }, onDone: finish);
+    return done.future;
+  }
+
+  static const _maxQueued = 8;
 
   /// Carries out [actions] in order, feeding back what they produce. Runs
   /// unawaited from timers and the outbox too, so it never throws: a store
