@@ -95,15 +95,20 @@ class SqliteStore implements LocalStore {
   /// with the reset the server sends for a shape change.
   Future<void> useSchema(SyncSchema schema) async {
     final made = <String>{};
-    await db.transaction((tx) async {
-      await _setState(tx, 'schema', msgpackEncode(schema.toMsgpack()));
-      for (final d in schema.datasets.values) {
-        if (!_tables.containsKey(d.name)) {
-          await _create(tx, d, synced: false);
-          made.add(d.name);
+    try {
+      await db.transaction((tx) async {
+        await _setState(tx, 'schema', msgpackEncode(schema.toMsgpack()));
+        for (final d in schema.datasets.values) {
+          if (!_tables.containsKey(d.name)) {
+            await _create(tx, d, synced: false);
+            made.add(d.name);
+          }
         }
-      }
-    });
+      });
+    } catch (_) {
+      made.forEach(_tables.remove); // rolled back with the transaction
+      rethrow;
+    }
     _schema = schema;
     notify(made);
   }
