@@ -309,23 +309,27 @@ _POSITIONED = sa.text(
 
 
 async def _flush_tenant(conn: AsyncConnection, tenant_id: int) -> tuple[int, frozenset[str]] | None:
-    """SQLite: move the tenant's staged entries to the log under the next position."""
-    stage = change_stage.c
-    last = sa.select(sa.func.max(stage.n)).where(stage.tenant_id == tenant_id).group_by(stage.bucket, stage.key)
-    entries = (await conn.execute(sa.select(stage.bucket, stage.key, stage.op).where(stage.n.in_(last)))).all()
-    if not entries:
-        return None
-    bump = sa.update(log_head).where(log_head.c.tenant_id == tenant_id).values(seq=log_head.c.seq + 1)
-    seq = (await conn.execute(bump.returning(log_head.c.seq))).scalar()
-    if seq is None:
+    """SQLite: move the tenant's staged entries to the log under the next position. Three
+    statements, no entry through Python: this runs in every write transaction."""
+    seq = (await conn.exec_driver_sql(_SQLITE_BUMP, (tenant_id, tenant_id))).scalar()
+    if seq is None:  # nothing staged, or the tenant's first write
+        if (await conn.exec_driver_sql(_SQLITE_STAGED, (tenant_id,))).scalar() is None:
+            return None
         await conn.execute(sa.insert(log_head).values(tenant_id=tenant_id, seq=1))
         seq = 1
-    at = _now_ms()
-    rows = [{"tenant_id": tenant_id, "bucket": b, "seq": seq, "key": k, "op": op, "at": at} for b, k, op in entries]
-    for start in range(0, len(rows), 5000):
-        await conn.execute(sa.insert(change_log), rows[start:start + 5000])
-    await conn.execute(sa.delete(change_stage).where(stage.tenant_id == tenant_id))
-    return seq, frozenset(b for b, _, _ in entries)
+    await conn.exec_driver_sql(_SQLITE_MOVE, (seq, _now_ms(), tenant_id))
+    buckets = (await conn.exec_driver_sql(_SQLITE_CLEAR, (tenant_id,))).scalars().all()
+    return seq, frozenset(buckets)
+
+
+_SQLITE_BUMP = ("UPDATE log_head SET seq = seq + 1 WHERE tenant_id = ? "
+                "AND EXISTS (SELECT 1 FROM change_stage WHERE tenant_id = ?) RETURNING seq")
+_SQLITE_STAGED = "SELECT 1 FROM change_stage WHERE tenant_id = ? LIMIT 1"
+# Of a key staged twice in one bucket, the last write wins.
+_SQLITE_MOVE = ("INSERT INTO change_log (tenant_id, bucket, seq, key, op, at) "
+                "SELECT tenant_id, bucket, ?, key, op, ? FROM change_stage WHERE n IN "
+                "(SELECT max(n) FROM change_stage WHERE tenant_id = ? GROUP BY bucket, key)")
+_SQLITE_CLEAR = "DELETE FROM change_stage WHERE tenant_id = ? RETURNING bucket"
 
 
 async def flush(db: Database) -> dict[int, tuple[int, frozenset[str]]]:

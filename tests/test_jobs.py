@@ -21,6 +21,7 @@ from server.app import Services, build_services, create_app
 from server.domain.job_tables import document_files, jobs_failed, notices
 from server.domain.tables import dashboards, invoices, orders
 from server.migrations import upgrade
+from sync.changes import write_changes
 from sync.storage import change_log
 
 from .conftest import _reset_pg
@@ -92,8 +93,10 @@ async def test_running_an_invoice_job_again_changes_nothing(services, client):
     entries = len(await rows(services, change_log))
     outcome = await asyncio.to_thread(services.jobs.tasks.invoice_render.call_local, 1, invoice["id"])
     assert outcome == "already"
-    async with services.db.write() as conn:  # as if the first run died after storing, before the row
-        await conn.execute(sa.update(invoices).values(status="pending"))
+    assert len(await rows(services, change_log)) == entries, "an idle re-run logs nothing"
+    async with write_changes(services.db, services.registry, 1) as changes:  # as if the first run died
+        await changes.conn.execute(sa.update(invoices).values(status="pending"))  # after storing, before the row
+    entries = len(await rows(services, change_log))  # (captured too: every writer's change is)
     assert await asyncio.to_thread(services.jobs.tasks.invoice_render.call_local, 1, invoice["id"]) == "made"
     assert len(await rows(services, document_files)) == 1
     assert len(await rows(services, change_log)) == entries + 2  # the row went ready once more (its 2 buckets)
