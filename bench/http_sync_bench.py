@@ -120,7 +120,7 @@ async def grow_log(url: str, tenant: int, entries: int, sales1: int) -> None:
 async def incremental(url: str, base: str, tenant: int, token: str, cursor: bytes, repeats: int) -> dict:
     """10 price changes the POS device holds, then its pull: server time and HTTP round trip."""
     from server.admin import apply as admin_write
-    from server.auth import principal_for
+    from server.domain.principals import principal_for
 
     services = build_services(settings_for(url))
     async with services.db.read() as conn:

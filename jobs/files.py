@@ -36,9 +36,7 @@ def url_of(file_id: str) -> str:
 
 
 async def locked_row(changes, table: sa.Table, key: str) -> dict[str, Any] | None:
-    query = sa.select(table).where(table.c.tenant_id == changes.tenant_id, table.c.id == key)
-    if not changes.db.is_sqlite:
-        query = query.with_for_update()
+    query = changes.db.locking(sa.select(table).where(table.c.tenant_id == changes.tenant_id, table.c.id == key))
     row = (await changes.conn.execute(query)).mappings().first()
     return dict(row) if row is not None else None
 

@@ -24,7 +24,7 @@ from sync.errors import AuthError, BadRequest, ErrorCode
 from sync.schema import MAX_ID, Principal, Registry, wire_type
 from sync.storage import metadata
 
-from .auth import ROLES
+from .domain.principals import ROLES
 from .fanout import Notice
 from .domain.tables import branches, customers, prices, products, stock, users
 from .http import authenticate, msgpack_response, read_body

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
@@ -28,15 +29,16 @@ from sync.storage import Database
 from jobs.config import JobSettings
 from jobs.runner import Jobs
 
-from . import admin, device_health, http, metrics, ws
+from . import admin, device_health, http, metrics, plugin, ws
 from . import documents
-from .fanout import MemoryFanout, Notice, RedisFanout
+from .fanout import Fanout, Notice, fanout_for
 from .live import Hub
 from .auth import TokenService, switched_off
 from .compression import Compression
 from .config import Settings
-from .errors import on_client_disconnect, on_sync_error, on_unexpected
+from .errors import on_client_disconnect, on_http_error, on_sync_error, on_unexpected
 from .observe import Observe, instrument_database
+from .plugin import Domain
 
 log = logging.getLogger("fieldsync")
 
@@ -47,12 +49,13 @@ class Services:
 
     settings: Settings
     db: Database
+    domain: Domain
     registry: Registry
     tokens: TokenService
     reader: Reader
     pusher: Pusher
     hub: Hub
-    fanout: MemoryFanout | RedisFanout
+    fanout: Fanout
     jobs: Jobs | None = None  # background jobs: enqueued after commits, consumed here in the embedded default
     # A reconnect storm: WebSocket devices at one cursor share each catch-up batch. Not HTTP
     # pulls: a batch read before a device's own push would hide it from its next pull.
@@ -83,23 +86,21 @@ class Services:
         await self.db.dispose()
 
 
-def build_services(settings: Settings) -> Services:
-    """Build (not connect) everything a process serves with."""
+def build_services(settings: Settings, domain: Domain | None = None) -> Services:
+    """Build (not connect) everything a process serves with: ``domain``, or the one
+    ``FIELDSYNC_DOMAIN`` names."""
+    domain = domain or plugin.load(settings.domain)
     db = Database(settings.database_url)
     if settings.metrics:
         instrument_database(db)
-    jobs = Jobs(JobSettings.for_server(settings))
-    registry = jobs.registry  # build_registry() with the jobs' sink: handlers enqueue after commit
+    jobs = Jobs(JobSettings.for_server(settings)) if domain.bundled_jobs else None
+    # with the jobs' sink, handlers enqueue after commit
+    registry = jobs.registry if jobs is not None else domain.registry(None)
     reader = Reader(db, registry, CursorCodec(settings.jwt_secret),
                     default_limit=settings.pull_limit, max_limit=settings.pull_max_limit)
-    fanout: MemoryFanout | RedisFanout
-    if not settings.redis_url:
-        fanout = MemoryFanout(db, safety_interval=settings.poll_interval * RedisFanout.SAFETY_POLLS)
-    else:
-        fanout = RedisFanout(settings.redis_url, db, channel=f"{settings.redis_prefix}:changes",
-                             poll_interval=settings.poll_interval)
+    fanout = fanout_for(settings.redis_url, db, prefix=settings.redis_prefix, poll_interval=settings.poll_interval)
     return Services(
-        settings=settings, db=db, registry=registry, tokens=TokenService(settings), reader=reader,
+        settings=settings, db=db, domain=domain, registry=registry, tokens=TokenService(settings), reader=reader,
         pusher=Pusher(db, registry), hub=Hub(db, reader), fanout=fanout, jobs=jobs,
     )
 
@@ -123,7 +124,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         built = services or build_services(settings)
         app.state.services = built
-        built.hub.on_revoke(ws.close_revoked, functools.partial(switched_off, built.db))
+        built.hub.on_revoke(ws.close_revoked, functools.partial(switched_off, built.db, built.domain.inactive_users))
         built.hub.on_rescope(ws.rescope)
         await built.start_live()
         if built.jobs is not None:  # jobs' commits wake live devices like the server's own
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         lifespan=lifespan,
         middleware=[Middleware(Observe)] * settings.metrics + [Middleware(Compression)],
         exception_handlers={SyncError: on_sync_error, ClientDisconnect: on_client_disconnect,
-                            Exception: on_unexpected},
+                            HTTPException: on_http_error, Exception: on_unexpected},
     )
     if services is not None:  # in-process tests: usable without running the lifespan
         app.state.services = services

@@ -127,11 +127,22 @@ def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
     return asyncio.run(run())
 
 
+def _served_registry(settings: Settings):
+    """The registry of the domain FIELDSYNC_DOMAIN names (its capture triggers)."""
+    from . import plugin
+
+    try:
+        return plugin.load(settings.domain).registry(None)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+
+
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from .migrations import upgrade
 
-    _with_db(settings, upgrade)
-    print("database schema is up to date")
+    registry = _served_registry(settings)
+    _with_db(settings, lambda db: upgrade(db, registry=registry))
+    print("database schema and capture triggers are up to date")
     return 0
 
 
@@ -207,10 +218,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from .migrations import pending, upgrade
     from .ws_protocol import SharedDeflateProtocol
 
+    registry = _served_registry(settings)
+
     async def prepare(db: Database) -> bool:
         if settings.embedded:
-            await upgrade(db)
-        return await pending(db)
+            await upgrade(db, registry=registry)
+        return await pending(db, registry)
 
     if settings.embedded:
         if args.workers > 1:
@@ -220,7 +233,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         claim = hold_data_dir(settings.data_dir)  # noqa: F841 (held open until the process ends)
 
     if _with_db(settings, prepare):
-        print("the database schema is behind: run `fieldsync migrate` first", file=sys.stderr)
+        print("the database schema or its capture triggers are behind: run `fieldsync migrate` first",
+              file=sys.stderr)
         return 1
     if args.demo:
         cmd_demo(settings, argparse.Namespace(products=10_000, customers=500, days=21))

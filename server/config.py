@@ -78,6 +78,7 @@ class Settings:
     # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks.
     ws_deflate: bool = True
     metrics: bool = True  # FIELDSYNC_METRICS=0: no request metrics/access log/DB instrumentation (benchmarks)
+    domain: str = "server.domain.plugin:domain"  # the server.plugin.Domain to serve: "package.module:attribute"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -118,6 +119,7 @@ class Settings:
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",
             ws_deflate=_flag(env, "WS_DEFLATE", True),
             metrics=_flag(env, "METRICS", True),
+            domain=env.get("FIELDSYNC_DOMAIN") or "server.domain.plugin:domain",
         ).validated(explicit_secret=bool(secret))
 
     def validated(self, *, explicit_secret: bool = True) -> Settings:

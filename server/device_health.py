@@ -30,12 +30,10 @@ import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sync import devices as device_registry
 from sync.errors import AuthError, BadRequest, ErrorCode
 from sync.schema import Principal
 from sync.storage import Database, change_log, devices, log_head
 
-from . import metrics
 from .domain.tables import tenants, users
 from .http import authenticate
 
@@ -127,13 +125,6 @@ def _health(row: Any, head: int, now: int) -> DeviceHealth:
         last_mutation_id=row.last_mutation_id, app_version=row.app_version, last_error=row.last_error,
         revoked=row.revoked_at is not None, revoked_at=row.revoked_at,
     )
-
-
-async def record_ack(db: Database, principal: Principal, client_id: str, seq: int) -> None:
-    """Store a WebSocket ack and observe ``fieldsync_device_lag_positions`` (head − acked):
-    the device-lag histogram, fed without one series per device."""
-    head = await device_registry.acknowledge(db, principal, client_id, seq)
-    metrics.DEVICE_LAG.observe(max(0, head - seq))
 
 
 async def tenant_id_of(db: Database, slug: str) -> int | None:

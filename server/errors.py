@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -37,6 +38,18 @@ async def on_sync_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SyncError)
     request.state.error_code = exc.code.value
     return error_response(request, exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no route for the path, a method the route does not take)
+    in the error body every other refusal has, instead of its plain text."""
+    assert isinstance(exc, HTTPException)
+    missing = exc.status_code == 404
+    error = SyncError(ErrorCode.NOT_FOUND if missing else ErrorCode.BAD_REQUEST,
+                      f"no endpoint {request.method} {request.url.path[:200]}" if missing else str(exc.detail))
+    error.status = exc.status_code
+    request.state.error_code = error.code.value
+    return error_response(request, error)
 
 
 async def on_client_disconnect(request: Request, exc: Exception) -> Response:

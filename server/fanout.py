@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgpack
 import sqlalchemy as sa
@@ -104,6 +105,31 @@ class LogWatch:
                     await self.catch_up(resync=True)
                 except Exception as exc:  # noqa: BLE001 - the database may be away too; try next tick
                     log.debug("log poll failed: %s", exc)
+
+
+class Fanout(Protocol):
+    """What the server needs of a fan-out backend: one per process, picked by URL
+    (:func:`fanout_for`). ``start`` subscribes ``listener`` to every process's notices."""
+
+    async def start(self, listener: Listener, tenants: Callable[[], Iterable[int]],
+                    resync: Resync | None = None) -> None: ...
+
+    async def publish(self, notice: Notice) -> None: ...
+
+    async def ping(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def fanout_for(url: str | None, db: Database, *, prefix: str, poll_interval: float) -> Fanout:
+    """The fan-out a URL names: none (or ``memory://``) is in-process, ``redis://``,
+    ``rediss://`` or ``unix://`` Redis pub/sub."""
+    safety = poll_interval * RedisFanout.SAFETY_POLLS
+    if not url or url.startswith("memory://"):
+        return MemoryFanout(db, safety_interval=safety)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisFanout(url, db, channel=f"{prefix}:changes", poll_interval=poll_interval)
+    raise ValueError(f"no fan-out backend for {url.split('@')[-1]!r}: memory:// or redis://")
 
 
 class MemoryFanout:

@@ -18,7 +18,7 @@ from sync.errors import AuthError, BadRequest, ErrorCode, SyncError
 from sync.schema import Principal
 
 from . import metrics
-from .auth import bearer, credential_of, principal_for
+from .auth import bearer, credential_of
 from .errors import MSGPACK
 from .live import count_sent
 
@@ -40,7 +40,7 @@ async def authenticate(request: Request) -> Principal:
     services = request.app.state.services
     token = bearer(request.headers.get("authorization"))
     claims = services.tokens.verify(token)
-    principal = await principal_for(services.db, claims)
+    principal = await services.domain.principal(services.db, claims)
     request.state.principal = principal
     request.state.credential = credential_of(token, claims)
     return principal

@@ -24,8 +24,7 @@ from sync.schema import Principal
 from sync.shared_pulls import pull_key
 
 from . import metrics
-from .auth import bearer, credential_of, principal_for
-from .device_health import record_ack
+from .auth import bearer, credential_of
 from .http import note_rejections, record_results, register_device
 from .live import count_sent
 from .outbox import Outbox
@@ -166,7 +165,7 @@ class Session:
         if not isinstance(token, str):
             raise AuthError(ErrorCode.AUTH_INVALID, "`token` must be a string")
         claims = self.services.tokens.verify(token)
-        self.principal = await principal_for(self.services.db, claims)
+        self.principal = await self.services.domain.principal(self.services.db, claims)
         self.token_exp = float(claims["exp"])
         self.claims = claims
         self.cursor = cursor
@@ -304,7 +303,7 @@ async def rescope(session: Session) -> None:
     if session.principal is None or session.state is State.CLOSING:
         return
     try:
-        principal = await principal_for(session.services.db, session.claims)
+        principal = await session.services.domain.principal(session.services.db, session.claims)
     except SyncError as error:  # deactivated, or its role changed: the token no longer fits
         await session.close_for(error.code, error.message)
         return
@@ -319,3 +318,10 @@ async def close_revoked(session: Session, notice: object) -> None:
 
 async def endpoint(websocket: WebSocket) -> None:
     await Session(websocket, websocket.app.state.services).run()
+
+
+async def record_ack(db, principal: Principal, client_id: str, seq: int) -> None:
+    """Store a WebSocket ack and observe ``fieldsync_device_lag_positions`` (head − acked):
+    the device-lag histogram, fed without one series per device."""
+    head = await devices.acknowledge(db, principal, client_id, seq)
+    metrics.DEVICE_LAG.observe(max(0, head - seq))

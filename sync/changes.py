@@ -48,8 +48,10 @@ class ChangeSet:
     # -- writes -------------------------------------------------------------------
 
     async def insert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert rows known to be new (a row without its key gets one from the database)."""
-        key = self._synced(table).key
+        """Insert rows known to be new (a row without its key gets one from the database).
+        A table no dataset syncs (the ledger, for one) may be written here too."""
+        synced = self.registry.tables.get(table.name)
+        key = synced.key if synced is not None else "id"
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for row in rows:  # executemany needs one column set per statement
             row = {**row, TENANT: self.tenant_id} if TENANT in table.c else dict(row)
@@ -127,9 +129,8 @@ class ChangeSet:
             cols = [table.c[n] for n in sorted(names)]
         found: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(keys, _CHUNK):
-            query = sa.select(*cols).where(tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk))
-            if not self.db.is_sqlite:
-                query = query.with_for_update()
+            query = self.db.locking(
+                sa.select(*cols).where(tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk)))
             for row in (await self.conn.execute(query)).mappings():
                 found[_k(row[synced.key])] = dict(row)
         return found
@@ -155,7 +156,7 @@ class ChangeSet:
             else:
                 batches.setdefault(tuple(sorted(values)), []).append({"_key": before[key], **values})
         for cols, params in batches.items():
-            if len(params) >= _BULK_FROM and not self.db.is_sqlite and _unnestable(table, key, cols, params):
+            if len(params) >= _BULK_FROM and self.db.binds_arrays and _unnestable(table, key, cols, params):
                 # One statement over arrays instead of one executemany row each: for 500
                 # rows, SQLAlchemy's per-row parameter handling was most of the write.
                 arrays = {c: [p[c] for p in params] for c in ("_key", *cols)}

@@ -248,6 +248,25 @@ class Database:
             log.warning("database connection lost: %s", exc)
             raise StorageError() from exc
 
+    def locking(self, query: sa.Select) -> sa.Select:
+        """``query`` taking row locks for update, where the database has them (SQLite has one
+        writer at a time, so a write transaction's reads cannot race another's)."""
+        return query if self.is_sqlite else query.with_for_update()
+
+    @property
+    def binds_arrays(self) -> bool:
+        """Whether a statement can take a column of values as one array (``unnest``)."""
+        return not self.is_sqlite
+
+    async def follow_ids(self, conn: AsyncConnection, tables: Iterable[sa.Table]) -> None:
+        """Move the tables' id sequences past rows inserted with explicit ids, so rows
+        inserted without one fit (SQLite's rowid follows by itself)."""
+        if self.is_sqlite:
+            return
+        for t in tables:
+            await conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{t.name}', 'id'), "
+                                       f"(SELECT max(id) FROM {t.name}))"))
+
     async def lock(self, conn: AsyncConnection, *name: str | int) -> None:
         """Serialise this write transaction with others locking the same ``name`` (e.g.
         ``"devices", tenant_id, user_id``) until it ends. SQLite has one writer at a time

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import sqlalchemy as sa
 
-from server.auth import principal_for
+from server.domain.principals import principal_for
 from server.domain.demo import DemoSummary, ean13, load_demo
 from server.domain.registry import build_registry
 from server.domain.tables import (

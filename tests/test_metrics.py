@@ -439,11 +439,11 @@ async def test_single_process_serves_only_its_own(services, world, processes, tm
 
 
 async def test_record_ack_observes_device_lag(services, world):
-    """``device_health.record_ack`` stores the ack and observes head − acked (no per-device series)."""
+    """``ws.record_ack`` stores the ack and observes head − acked (no per-device series)."""
     from prometheus_client import REGISTRY
 
-    from server.device_health import record_ack
-    from server.auth import principal_for
+    from server.ws import record_ack
+    from server.domain.principals import principal_for
     from sync import devices
 
     w = world

@@ -167,3 +167,14 @@ async def test_a_sub_in_other_digits_is_a_401(services, client):
                                           "Accept": "application/json"})
     assert response.status_code == 401 and b"Traceback" not in response.content
     assert response.json()["error"]["code"] == "AUTH_INVALID"
+
+
+@pytest.mark.parametrize("method, path, status", [
+    ("GET", "/no/such/endpoint", 404), ("GET", "/admin/devices//revoke", 404),
+    ("GET", "/sync/pull", 405), ("DELETE", "/admin/products", 405),
+])
+async def test_paths_and_methods_without_a_route_get_an_error_body(services, client, method, path, status):
+    response = await client.request(method, path, headers={"Accept": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == ("NOT_FOUND" if status == 404 else "BAD_REQUEST") and error["message"]

@@ -335,7 +335,7 @@ async def test_device_health_endpoint_and_cli(services, world, processes, tmp_pa
 
 async def test_device_health_in_process(services, world):
     """No devices: an empty list; time moves on: the lag grows with it; unknown tenants are empty."""
-    from server.auth import principal_for
+    from server.domain.principals import principal_for
     from sync import devices
 
     w = world

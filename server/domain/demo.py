@@ -158,10 +158,7 @@ async def _finish(db: Database, tenant_id: int, numbers: dict[str, int]) -> None
             insert = db.insert(counters).values(tenant_id=tenant_id, name=name, value=value)
             await conn.execute(insert.on_conflict_do_update(index_elements=["tenant_id", "name"],
                                                             set_={"value": insert.excluded.value}))
-        if not db.is_sqlite:
-            for t in ID_TABLES:
-                await conn.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{t.name}', 'id'), "
-                                           f"(SELECT max(id) FROM {t.name}))"))
+        await db.follow_ids(conn, ID_TABLES)
 
 
 def _organisation(rng: random.Random, ids: dict[str, int]) -> tuple[_Org, list[dict], list[dict]]:

@@ -136,8 +136,7 @@ async def lock_stock(ctx: MutationContext, branch_id: int, product_ids: list[int
                stock.c.product_id.in_(product_ids))
         .order_by(stock.c.product_id)
     )
-    if not ctx.changes.db.is_sqlite:
-        query = query.with_for_update()
+    query = ctx.changes.db.locking(query)
     return {row["product_id"]: dict(row) for row in (await ctx.conn.execute(query)).mappings()}
 
 

@@ -1,0 +1,73 @@
+"""The domain a server serves, handed to it as one object (``FIELDSYNC_DOMAIN``).
+
+The generic server takes from a :class:`Domain` what it needs to sync someone's tables:
+the registry (synced tables, datasets with their roles and scopes, mutations), how a
+token's claims become a :class:`sync.schema.Principal` (claims alone, or a lookup in the
+company's own users table), and which users are switched off. The bundled field-sales/POS
+domain (``server.domain:domain``) is one such object; a company's own is another, e.g.
+``FIELDSYNC_DOMAIN=acme_sync.domain:domain``.
+
+Not yet behind this seam (issue 11, item 2): the back-office write API, the background
+jobs and the migrations, which still serve the bundled domain only.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sync.errors import AuthError, ErrorCode
+from sync.schema import SINGLE_TENANT, Principal, Registry
+from sync.storage import Database
+
+#: Builds the registry; handed where mutations enqueue background jobs (or None).
+RegistryFactory = Callable[[Any], Registry]
+PrincipalResolver = Callable[[Database, dict], Awaitable[Principal]]
+#: Of these user ids of a tenant, those switched off (sessions of theirs are closed).
+InactiveUsers = Callable[[Database, int, list[int]], Awaitable[set[int]]]
+
+
+async def _nobody_inactive(db: Database, tenant_id: int, user_ids: list[int]) -> set[int]:
+    return set()
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    registry: RegistryFactory
+    principal: PrincipalResolver
+    roles: tuple[str, ...]
+    inactive_users: InactiveUsers = _nobody_inactive
+    bundled_jobs: bool = False  # the field-sales jobs (invoices, notices, dashboards) apply
+
+
+def claims_only(roles: tuple[str, ...]) -> PrincipalResolver:
+    """A resolver that trusts the token alone: ``sub`` is the user, ``role`` one of
+    ``roles``, ``tid`` the tenant (a single-company install: tenant 1). For a company whose
+    identity provider already says everything a scope needs."""
+    async def resolve(db: Database, claims: dict) -> Principal:
+        if claims.get("role") not in roles:
+            raise AuthError(ErrorCode.AUTH_INVALID, f"the token's role is not one of {', '.join(roles)}")
+        attrs = {k: v for k, v in claims.items() if k not in ("sub", "tid", "role", "exp", "iat", "nbf", "did")}
+        return Principal(tenant_id=int(claims.get("tid", SINGLE_TENANT)), user_id=int(claims["sub"]),
+                         role=claims["role"], attrs=attrs)
+
+    return resolve
+
+
+def load(spec: str) -> Domain:
+    """``package.module:attribute`` → the Domain there.
+
+    Raises:
+        ValueError: the spec does not name a Domain.
+    """
+    module_name, _, attribute = spec.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute or "domain")
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"FIELDSYNC_DOMAIN={spec!r}: {exc}") from None
+    if not isinstance(found, Domain):
+        raise ValueError(f"FIELDSYNC_DOMAIN={spec!r} names a {type(found).__name__}, not a server.plugin.Domain")
+    return found
