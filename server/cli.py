@@ -117,7 +117,9 @@ def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
     async def run() -> Any:
         if settings.embedded:
             settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.database_url)
+        # Not "fieldsync": this process has no fan-out, so the capture NOTIFYs its commits
+        # (an import's changes reach live devices at once).
+        db = Database(settings.database_url, application="fieldsync-cli")
         try:
             await connect_or_explain(db, settings.database_url)
             return await work(db)

@@ -348,17 +348,40 @@ async def flush(db: Database) -> dict[int, tuple[int, frozenset[str]]]:
 
 async def watch(db: Database, on_commit: OnCommit, *, interval: float = 0.1) -> None:
     """Hear of commits by other programs until cancelled: ``on_commit(tenant, seq, buckets)``
-    (``buckets`` None: any). PostgreSQL: LISTEN on the capture's NOTIFY channel; SQLite:
-    look for staged entries every ``interval`` seconds and position them."""
+    (``buckets`` None: any). PostgreSQL: LISTEN on the capture's NOTIFY channel. SQLite,
+    every ``interval`` seconds: position what other programs staged, and notice log heads
+    another fieldsync process (``fieldsync import``) moved."""
     if db.is_sqlite:
+        await _watch_sqlite(db, on_commit, interval)
+    await _listen(db, on_commit)
+
+
+async def _watch_sqlite(db: Database, on_commit: OnCommit, interval: float) -> None:
+    seen: dict[int, int] = {}
+
+    def ours(tenant_id: int, seq: int, buckets: frozenset[str]) -> None:  # this process told its fan-out
+        seen[tenant_id] = max(seen.get(tenant_id, 0), seq)
+
+    db.commit_listeners.append(ours)
+    try:
+        first = True
         while True:
             try:
                 for tenant_id, (seq, buckets) in (await flush(db)).items():
+                    ours(tenant_id, seq, buckets)
                     on_commit(tenant_id, seq, buckets)
+                async with db.read() as conn:
+                    heads = (await conn.execute(sa.select(log_head.c.tenant_id, log_head.c.seq))).all()
+                for tenant_id, seq in heads:
+                    if not first and seq > seen.get(tenant_id, 0):
+                        on_commit(tenant_id, seq, None)
+                    seen[tenant_id] = max(seen.get(tenant_id, 0), seq)
+                first = False
             except Exception:  # the database is away: the next round tries again
-                log.warning("capture watch: could not position other programs' writes", exc_info=True)
+                log.warning("capture watch: could not look for other programs' writes", exc_info=True)
             await asyncio.sleep(interval)
-    await _listen(db, on_commit)
+    finally:
+        db.commit_listeners.remove(ours)
 
 
 async def _listen(db: Database, on_commit: OnCommit) -> None:

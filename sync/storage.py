@@ -179,7 +179,9 @@ class Database:
     with "database is locked" half-way.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, application: str = "fieldsync") -> None:
+        """``application``: the PostgreSQL application_name. The capture's commit trigger
+        NOTIFYs for every other name; a server process tells its fan-out itself."""
         url = async_url(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -187,10 +189,8 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             _sqlite_transactions(self.engine)
         else:
-            # The capture's commit trigger NOTIFYs for other programs only: fieldsync tells
-            # its fan-out itself, with the position and buckets it committed.
             self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args={
-                "server_settings": {"application_name": "fieldsync"}})
+                "server_settings": {"application_name": application}})
             _ping_when_idle(self.engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
         read_options = {"fs_mode": "read"}

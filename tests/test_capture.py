@@ -268,3 +268,24 @@ async def test_copy_into_a_synced_table_is_captured(services, client):
     assert {7000, 7499} <= set(reader.replica.rows("catalog"))
     assert reader.replica.rows("catalog") == (await server_view(services, client, w.pos1, "pos"))["catalog"]
 
+
+
+async def test_another_fieldsync_process_such_as_an_import_is_heard_at_once(services):
+    """`fieldsync import` commits from its own process, which has no fan-out: its commits
+    are announced by the capture (PostgreSQL NOTIFY) or seen in the log head (SQLite)."""
+    from server.admin import apply
+    from sync.storage import Database
+
+    w = await seed(services, products_count=5)
+    heard: asyncio.Queue = asyncio.Queue()
+    importer = Database(services.settings.database_url, application="fieldsync-cli")
+    try:
+        async with watching(services, lambda tenant, seq, buckets: heard.put_nowait((tenant, seq))):
+            await asyncio.sleep(0.2)
+            await apply(importer, services.registry, w.tenant_id, "products", [{"id": 2, "name": "imported"}], [])
+            tenant, seq = await asyncio.wait_for(heard.get(), 5)
+    finally:
+        await importer.dispose()
+    async with services.db.read() as conn:
+        head = await conn.scalar(sa.select(log_head.c.seq).where(log_head.c.tenant_id == w.tenant_id))
+    assert (tenant, seq) == (w.tenant_id, head)
