@@ -188,10 +188,12 @@ class Hub:
                 data = packed.get(id(batch["data"]))
                 if data is None:
                     data = packed[id(batch["data"])] = wire.pack(batch["data"])
-                key = (id(data), batch["cursor"], batch["more"], tuple(batch["reset"]))
+                expected = batch.get("expected")
+                key = (id(data), batch["cursor"], batch["more"], tuple(batch["reset"]),
+                       tuple(sorted(expected.items())) if expected else ())
                 entry = frames.get(key)
                 if entry is None:  # the shared tail is deflated once for all (server/ws_protocol.py)
-                    head = wire.changes_head(batch["cursor"], batch["more"], batch["reset"])
+                    head = wire.changes_head(batch["cursor"], batch["more"], batch["reset"], expected)
                     entry = frames[key] = [SharedTail(head, data), batch, 0]
                 entry[2] += 1
                 session.offer(entry[0], bool(batch["reset"]))

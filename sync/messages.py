@@ -22,12 +22,18 @@ class DatasetBatch(TypedDict):
     deletes: list[Any]
 
 
-class PullResponse(TypedDict):
+class _PullResponse(TypedDict):
     v: int
     cursor: bytes
     more: bool
     reset: list[str]
     data: dict[str, DatasetBatch]
+
+
+class PullResponse(_PullResponse, total=False):
+    # Rows of each dataset snapshot begun in this batch, counted as it began: the denominator
+    # of a download progress bar. Sent only with a reset.
+    expected: dict[str, int]
 
 
 class MutationResult(TypedDict, total=False):

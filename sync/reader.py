@@ -35,6 +35,7 @@ class Batch:
         self.reset: list[str] = []
         self.data: dict[str, DatasetBatch] = {}
         self.rows = 0
+        self.expected: dict[str, int] = {}  # rows of each snapshot begun in this batch, for progress
 
     def _of(self, ds: Dataset) -> DatasetBatch:
         if ds.name not in self.data:
@@ -115,8 +116,11 @@ class Reader:
             more = bool(cursor.snap) or cursor.seq < head
         else:
             more = await self._changes(conn, principal, cursor, datasets, values, batch, head, limit, now, shared)
-        return {"v": PROTOCOL_VERSION, "cursor": self.cursors.encode(cursor), "more": more,
-                "reset": batch.reset, "data": batch.data}
+        response: PullResponse = {"v": PROTOCOL_VERSION, "cursor": self.cursors.encode(cursor), "more": more,
+                                  "reset": batch.reset, "data": batch.data}
+        if batch.expected:
+            response["expected"] = batch.expected
+        return response
 
     async def buckets(self, principal: Principal) -> frozenset[str]:
         """The log buckets this principal's datasets read: what wakes its live session."""
@@ -165,6 +169,8 @@ class Reader:
             if cursor.after is None:
                 batch.reset.append(ds.name)
                 cursor.datasets[ds.name] = _state(ds, values[ds.name])
+                batch.expected[ds.name] = await conn.scalar(sa.select(sa.func.count()).select_from(ds.table).where(
+                    tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now)))
             want = limit - batch.rows
             if await _hot_page(conn, principal.tenant_id, ds, scope, values[ds.name], cursor, batch, want, horizon):
                 continue

@@ -29,10 +29,14 @@ def pack_changes(cursor: bytes, more: bool, reset: list[str], packed_data: bytes
     return changes_head(cursor, more, reset) + packed_data
 
 
-def changes_head(cursor: bytes, more: bool, reset: list[str]) -> bytes:
+def changes_head(cursor: bytes, more: bool, reset: list[str], expected: dict[str, int] | None = None) -> bytes:
     """The bytes of a ``changes`` frame before its packed ``data``."""
-    head = b"\x85" + pack("t") + pack("changes") + pack("cursor") + pack(cursor) + pack("more") + pack(more)
-    return head + pack("reset") + pack(reset) + pack("data")
+    fields = b"\x86" if expected else b"\x85"
+    head = fields + pack("t") + pack("changes") + pack("cursor") + pack(cursor) + pack("more") + pack(more)
+    head += pack("reset") + pack(reset)
+    if expected:
+        head += pack("expected") + pack(expected)
+    return head + pack("data")
 
 
 def unpack(data: bytes, *, max_size: int) -> Any:

@@ -385,3 +385,22 @@ def test_simulate_smoke(tmp_path):
     lines = [line for line in sim.stdout.splitlines() if line.startswith("[") and "in sync" in line]
     assert len(lines) >= 3 and all("devices 4:" in line for line in lines), sim.stdout
     assert "done: 4/4 devices in sync" in sim.stdout, sim.stdout
+
+
+async def test_a_snapshot_says_how_many_rows_it_holds(services, client):
+    """``expected`` comes with each dataset's reset: a progress bar's denominator."""
+    from fieldsync_client import HttpSync
+
+    from .support import seed, token
+
+    w = await seed(services, products_count=30)
+    till = HttpSync(client, token(services, w.pos1, "pos"), "till-progress")
+    first = await till.pull_once(limit=10)
+    assert first["reset"] and set(first["expected"]) == set(first["reset"])
+    assert all(isinstance(n, int) and n >= 0 for n in first["expected"].values())
+    await till.sync(limit=10)
+    progress = till.replica.progress()
+    assert progress and all(done == expected for done, expected in progress.values()), progress
+    assert progress["catalog"] == (30, 30)
+    later = await till.pull_once()
+    assert "expected" not in later, "only with a reset"

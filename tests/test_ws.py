@@ -93,7 +93,7 @@ async def test_hello_catch_up_live_push_ping(services, world, launch):
     frames = await till.catch_up(till_copy)
     assert len(frames) > 1, "PULL_LIMIT=25 pages the snapshot: several catch-up frames"
     assert all(f["more"] for f in frames[:-1]) and not frames[-1]["more"]
-    assert set(frames[0]) == {"t", "cursor", "more", "reset", "data"}
+    assert set(frames[0]) == {"t", "cursor", "more", "reset", "expected", "data"}, "a first batch begins snapshots"
     await converge(till, till_copy, lambda: fresh_pull(server.base, pos))
 
     # token in the hello frame, no header

@@ -152,6 +152,13 @@ void shapeChecks() {
   bad('more as int', pull()..['more'] = 1, PullResponse.fromMsgpack, '`more`');
   bad('protocol v2', pull()..['v'] = 2, PullResponse.fromMsgpack, 'v2');
   bad('reset of ints', pull()..['reset'] = [1], PullResponse.fromMsgpack, '`reset`');
+  check('expected (rows of a snapshot begun) parses, and round-trips', () {
+    final r = PullResponse.fromMsgpack(pull()..['expected'] = {'catalog': 300000});
+    expect(r.expected['catalog'] == 300000, () => '${r.expected}');
+    expect((r.toMsgpack()['expected'] as Map)['catalog'] == 300000, () => '${r.toMsgpack()}');
+    expect(good.expected.isEmpty && !good.toMsgpack().containsKey('expected'), () => 'absent when not sent');
+  });
+  bad('expected of strings', pull()..['expected'] = {'catalog': 'lots'}, PullResponse.fromMsgpack, '`expected`');
   bad('a row of the wrong width', pull()..['data'] = {
     'catalog': {
       'cols': ['id', 'name'],

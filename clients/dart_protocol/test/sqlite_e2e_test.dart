@@ -118,6 +118,8 @@ Future<void> phase1(Uri url, String token, String file) async {
       expect(n > 0, () => 'no $ds rows');
     }
     expect(progress.any((s) => s.downloading && s.rowsDownloaded > 0), () => 'no download progress');
+    expect(progress.any((s) => s.rowsExpected > 0 && s.rowsDownloaded <= s.rowsExpected),
+        () => 'no rows expected from the server');
     expect(db.currentStatus.lastSyncedAt != null, () => '${db.currentStatus}');
   });
   final plan = e2e.planOrders(await toMemory(db.store));

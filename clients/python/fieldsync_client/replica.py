@@ -13,12 +13,18 @@ class Replica:
         self.keys = dict(keys or {})  # dataset -> key column; "id" when unknown
         self.data: dict[str, dict[Any, dict[str, Any]]] = {}
         self.cursor: bytes | None = None
+        # Download progress of snapshots: rows received since each dataset's reset, and the
+        # rows the server said the snapshot holds (``expected``, sent with the reset).
+        self.received: dict[str, int] = {}
+        self.expected: dict[str, int] = {}
 
     def apply(self, batch: dict[str, Any]) -> None:
         """Apply one pull response / ``changes`` frame: reset, then upserts and deletes."""
         data = copy.copy(self.data)
+        received = dict(self.received)
         for name in batch.get("reset", []):
             data[name] = {}
+            received[name] = 0
         for name, part in batch.get("data", {}).items():
             rows = dict(data.get(name, {}))
             key = self.keys.get(name, "id")
@@ -36,8 +42,15 @@ class Replica:
                 seen.add(deleted)
                 rows.pop(deleted, None)
             data[name] = rows
+            received[name] = received.get(name, 0) + len(part["rows"])
         self.data = data
+        self.received = received
+        self.expected.update(batch.get("expected", {}))
         self.cursor = batch["cursor"]
+
+    def progress(self) -> dict[str, tuple[int, int | None]]:
+        """``{dataset: (rows received since its snapshot began, rows expected or None)}``."""
+        return {name: (done, self.expected.get(name)) for name, done in self.received.items()}
 
     def rows(self, name: str) -> dict[Any, dict[str, Any]]:
         return self.data.get(name, {})

@@ -337,6 +337,7 @@ class SyncClient {
     final changed = await store.applyBatch(batch); // one transaction: data and cursor
     _status = _status.copyWith(
         rows: _status.rows + batch.size,
+        rowsExpected: _status.rowsExpected + batch.expected.values.fold<int>(0, (n, e) => n + e),
         batches: _status.batches + 1,
         upToDate: !batch.more,
         lastCheckpoint: batch.more ? null : DateTime.now());
@@ -372,6 +373,7 @@ class SyncClient {
     _status = SyncStatus(to,
         transport: to == SyncState.offline ? TransportKind.none : (transport ?? _status.transport),
         rows: rows ?? _status.rows,
+        rowsExpected: rows == 0 ? 0 : _status.rowsExpected, // a new connection counts afresh
         batches: batches ?? _status.batches,
         upToDate: upToDate ?? _status.upToDate,
         error: identical(error, _keep) ? _status.error : error,

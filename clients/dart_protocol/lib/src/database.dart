@@ -40,6 +40,7 @@ class SyncDbStatus {
     this.connecting = false,
     this.downloading = false,
     this.rowsDownloaded = 0,
+    this.rowsExpected = 0,
     this.uploading = false,
     this.pending = 0,
     this.rejected = 0,
@@ -54,10 +55,13 @@ class SyncDbStatus {
   /// Catching up (a snapshot or a backlog of changes).
   final bool downloading;
 
-  /// Rows and deletes applied since this connection began. There is no
-  /// "rows expected": protocol v1 sends no totals (it would need a field in
-  /// the first snapshot page, see README.md).
+  /// Rows and deletes applied since this connection began.
   final int rowsDownloaded;
+
+  /// Rows the snapshots begun on this connection hold (the server's `expected`
+  /// when each began; 0 when no snapshot began): progress is
+  /// [rowsDownloaded] / [rowsExpected] while [downloading].
+  final int rowsExpected;
 
   /// A push is in flight.
   final bool uploading;
@@ -74,7 +78,7 @@ class SyncDbStatus {
 
   @override
   String toString() => 'SyncDbStatus(${connected ? 'connected' : connecting ? 'connecting' : 'offline'}'
-      '${downloading ? ', downloading $rowsDownloaded rows' : ''}${uploading ? ', uploading' : ''}, '
+      '${downloading ? ', downloading $rowsDownloaded${rowsExpected > 0 ? ' of $rowsExpected' : ''} rows' : ''}${uploading ? ', uploading' : ''}, '
       '$pending pending, $rejected rejected${lastError == null ? '' : ', error: $lastError'})';
 }
 
@@ -201,6 +205,7 @@ class SyncDatabase {
         connecting: s.state == SyncState.connecting,
         downloading: s.state == SyncState.catchingUp || (s.state == SyncState.live && !s.upToDate),
         rowsDownloaded: s.rows,
+        rowsExpected: s.rowsExpected,
         uploading: _current.uploading,
         pending: _current.pending,
         rejected: _current.rejected,
@@ -213,6 +218,7 @@ class SyncDatabase {
       connecting: _current.connecting,
       downloading: _current.downloading,
       rowsDownloaded: _current.rowsDownloaded,
+      rowsExpected: _current.rowsExpected,
       uploading: o.inFlight.isNotEmpty,
       pending: o.pending,
       rejected: o.rejected.length,

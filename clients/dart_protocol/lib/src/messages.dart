@@ -159,7 +159,8 @@ class DatasetBatch {
 
 /// A batch of changes: a pull response, or the body of a `changes` frame.
 class PullResponse {
-  PullResponse({required this.cursor, required this.more, this.reset = const [], this.data = const {}});
+  PullResponse(
+      {required this.cursor, required this.more, this.reset = const [], this.data = const {}, this.expected = const {}});
 
   final Uint8List cursor;
 
@@ -170,6 +171,9 @@ class PullResponse {
   final List<String> reset;
   final Map<String, DatasetBatch> data;
 
+  /// With a reset: the rows each snapshot begun here holds (for progress).
+  final Map<String, int> expected;
+
   /// Rows plus deletes in this batch.
   int get size => data.values.fold(0, (n, d) => n + d.size);
 
@@ -177,6 +181,7 @@ class PullResponse {
         'cursor': cursor,
         'more': more,
         'reset': reset,
+        if (expected.isNotEmpty) 'expected': expected,
         'data': {for (final e in data.entries) e.key: e.value.toMsgpack()},
       };
 
@@ -195,8 +200,17 @@ class PullResponse {
       more: _req<bool>(m, 'more', what, 'a bool'),
       reset: _strings(m, 'reset', what),
       data: {for (final e in data.entries) e.key: DatasetBatch.fromMsgpack(e.value, e.key)},
+      expected: _expected(m['expected'], what),
     );
   }
+}
+
+Map<String, int> _expected(Object? value, String what) {
+  if (value == null) return const {};
+  if (value is! Map || value.entries.any((e) => e.key is! String || e.value is! int)) {
+    throw ProtocolException('`expected` of $what must map dataset names to ints');
+  }
+  return {for (final e in value.entries) e.key as String: e.value as int};
 }
 
 // --- push --------------------------------------------------------------------------

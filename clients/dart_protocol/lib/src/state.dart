@@ -55,6 +55,7 @@ class SyncStatus {
   const SyncStatus(this.state,
       {this.transport = TransportKind.none,
       this.rows = 0,
+      this.rowsExpected = 0,
       this.batches = 0,
       this.upToDate = false,
       this.error,
@@ -66,6 +67,10 @@ class SyncStatus {
 
   /// Rows plus deletes applied since this connection started (catch-up progress).
   final int rows;
+
+  /// Rows the snapshots begun on this connection hold, as the server counted
+  /// them when each began (`expected`): a progress bar is [rows] / this.
+  final int rowsExpected;
 
   /// Batches applied since this connection started.
   final int batches;
@@ -86,6 +91,7 @@ class SyncStatus {
           {SyncState? state,
           TransportKind? transport,
           int? rows,
+          int? rowsExpected,
           int? batches,
           bool? upToDate,
           Object? error = _keep,
@@ -94,6 +100,7 @@ class SyncStatus {
       SyncStatus(state ?? this.state,
           transport: transport ?? this.transport,
           rows: rows ?? this.rows,
+          rowsExpected: rowsExpected ?? this.rowsExpected,
           batches: batches ?? this.batches,
           upToDate: upToDate ?? this.upToDate,
           error: identical(error, _keep) ? this.error : error,
