@@ -175,6 +175,9 @@ class Dataset:
             "key": self.key,
             "priority": self.priority,
             "roles": sorted(self.scopes),
+            # What the scopes filter on: worth an index in a device's local copy.
+            "scope_cols": sorted({c for s in self.scopes.values() for c in (s.partition, *s.where)
+                                  if c is not None and c in self.columns and c != self.key}),
         }
 
 

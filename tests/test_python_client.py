@@ -404,3 +404,15 @@ async def test_a_snapshot_says_how_many_rows_it_holds(services, client):
     assert progress["catalog"] == (30, 30)
     later = await till.pull_once()
     assert "expected" not in later, "only with a reset"
+
+
+async def test_the_schema_names_the_columns_scopes_filter_on(services, client):
+    from .support import seed, token
+
+    w = await seed(services)
+    answer = await client.get("/sync/schema", headers={"Authorization": f"Bearer {token(services, w.pos1, 'pos')}",
+                                                       "Accept": "application/json"})
+    datasets = {d["name"]: d for d in answer.json()["datasets"]}
+    assert datasets["prices"]["scope_cols"] == ["pricelist_id"], "a salesperson holds several pricelists"
+    assert datasets["customers"]["scope_cols"] == [], "its scope columns are not sent to devices"
+    assert all(set(d["scope_cols"]) <= set(d["cols"]) - {d["key"]} for d in datasets.values())

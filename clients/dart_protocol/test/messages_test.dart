@@ -158,6 +158,16 @@ void shapeChecks() {
     expect((r.toMsgpack()['expected'] as Map)['catalog'] == 300000, () => '${r.toMsgpack()}');
     expect(good.expected.isEmpty && !good.toMsgpack().containsKey('expected'), () => 'absent when not sent');
   });
+  check('the local tables index the scope columns the schema names, else the *_id columns', () {
+    final named = DatasetSchema.fromMsgpack({
+      'name': 'prices', 'cols': ['id', 'pricelist_id', 'product_id'], 'types': ['int', 'int', 'int'], 'key': 'id',
+      'scope_cols': ['pricelist_id'],
+    });
+    expect(named.ddl().where((s) => s.startsWith('CREATE INDEX')).single.contains('"pricelist_id"'), () => '${named.ddl()}');
+    final older = DatasetSchema.fromMsgpack({
+      'name': 'prices', 'cols': ['id', 'pricelist_id', 'product_id'], 'types': ['int', 'int', 'int'], 'key': 'id'});
+    expect(older.ddl().where((s) => s.startsWith('CREATE INDEX')).length == 2, () => '${older.ddl()}');
+  });
   bad('expected of strings', pull()..['expected'] = {'catalog': 'lots'}, PullResponse.fromMsgpack, '`expected`');
   bad('a row of the wrong width', pull()..['data'] = {
     'catalog': {

@@ -10,7 +10,8 @@ import 'errors.dart';
 
 /// One dataset as `/sync/schema` describes it.
 class DatasetSchema {
-  DatasetSchema({required this.name, required this.cols, required this.types, required this.key, this.priority = 0})
+  DatasetSchema(
+      {required this.name, required this.cols, required this.types, required this.key, this.priority = 0, this.scopeCols})
       : assert(cols.length == types.length);
 
   final String name;
@@ -22,12 +23,19 @@ class DatasetSchema {
   final String key;
   final int priority;
 
+  /// The columns the server's scopes filter on (`scope_cols`), indexed locally;
+  /// null from a server that does not send them.
+  final List<String>? scopeCols;
+
   String typeOf(String col) {
     final i = cols.indexOf(col);
     return i < 0 ? 'any' : types[i];
   }
 
-  Map<String, Object?> toMsgpack() => {'name': name, 'cols': cols, 'types': types, 'key': key, 'priority': priority};
+  Map<String, Object?> toMsgpack() => {
+        'name': name, 'cols': cols, 'types': types, 'key': key, 'priority': priority,
+        if (scopeCols != null) 'scope_cols': scopeCols,
+      };
 
   static DatasetSchema fromMsgpack(Object? value) {
     if (value is! Map) throw ProtocolException('schema dataset: expected a map, got $value');
@@ -40,7 +48,10 @@ class DatasetSchema {
         cols: cols.cast<String>().toList(growable: false),
         types: types.cast<String>().toList(growable: false),
         key: key,
-        priority: value['priority'] is int ? value['priority'] as int : 0);
+        priority: value['priority'] is int ? value['priority'] as int : 0,
+        scopeCols: value['scope_cols'] is List
+            ? (value['scope_cols'] as List).whereType<String>().where(cols.contains).toList(growable: false)
+            : null);
   }
 
   /// The shape for a batch whose cols this schema does not match (a reset
@@ -83,9 +94,9 @@ class DatasetSchema {
         _ => '', // no affinity: the value is stored as it comes
       };
 
-  /// CREATE TABLE plus one index per `*_id` column. The schema does not
-  /// name the scope columns; they are the `_id` columns (customer_id,
-  /// pricelist_id, product_id, branch_id), which apps also join and filter on.
+  /// CREATE TABLE plus one index per scope column ([scopeCols]); from a server
+  /// that does not name them, one per `*_id` column (customer_id, branch_id…),
+  /// which apps also join and filter on.
   List<String> ddl() {
     final defs = [
       for (var i = 0; i < cols.length; i++)
@@ -93,8 +104,8 @@ class DatasetSchema {
     ];
     return [
       'CREATE TABLE ${quote(name)} (${defs.join(', ')})',
-      for (final c in cols)
-        if (c != key && c.endsWith('_id')) 'CREATE INDEX ${quote('${name}__$c')} ON ${quote(name)} (${quote(c)})',
+      for (final c in scopeCols ?? cols.where((c) => c.endsWith('_id')))
+        if (c != key) 'CREATE INDEX ${quote('${name}__$c')} ON ${quote(name)} (${quote(c)})',
     ];
   }
 
