@@ -127,29 +127,28 @@ CREATE CONSTRAINT TRIGGER fieldsync_commit AFTER INSERT ON change_txn
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION fieldsync_commit()"""]
 
 
-def _pg_entries(synced: SyncedTable, specs: list[BucketSpec], rows: str, op: int) -> str:
-    """The SELECT of a statement's entries from one transition table: each row's bucket of
-    each spec, put (``op`` 1, the new rows) or removed (0, the old rows)."""
-    row = "n" if op else "o"
+def _pg_entries(synced: SyncedTable, specs: list[BucketSpec], rows: str) -> str:
+    """The (tenant, bucket, key) of each row of one transition table in each spec's bucket."""
+    row = rows[len("fieldsync_")]
     buckets = ", ".join(f"({bucket_sql(s, row, True)})" for s in specs)
-    return (f"SELECT {_tenant(synced, row)}, b.bucket, {_text(f'{row}.{synced.key}', True)}, {op} "
+    return (f"SELECT {_tenant(synced, row)} AS tenant_id, b.bucket, {_text(f'{row}.{synced.key}', True)} AS key "
             f"FROM {rows} {row} CROSS JOIN LATERAL (VALUES {buckets}) AS b(bucket) WHERE b.bucket IS NOT NULL")
 
 
 def _pg_staging(synced: SyncedTable, specs: list[BucketSpec], op: str) -> str:
     """Stage a statement's entries, and mark the transaction for positioning at commit.
 
-    An update stages a removal from each old row's bucket, *then* a put in each new row's:
-    at commit the later entry of a (bucket, key) wins, so a row that stayed in its bucket
-    is put, and one that moved is removed from the old bucket and put in the new. That
-    needs no join of the old rows to the new (transition tables have no index: a 10,000-row
-    UPDATE spent 7x the statement's own time matching them)."""
-    stage = "INSERT INTO change_stage (txid, tenant_id, bucket, key, op) SELECT txid_current(), e.* FROM"
-    steps = []
-    if op in ("UPDATE", "DELETE"):
-        steps.append(f"{stage} ({_pg_entries(synced, specs, 'fieldsync_old', 0)}) AS e;")
-    if op in ("INSERT", "UPDATE"):
-        steps.append(f"{stage} ({_pg_entries(synced, specs, 'fieldsync_new', 1)}) AS e;")
+    An update removes a row from the buckets its old version was in and its new one is not
+    (old entries ``EXCEPT`` new ones: a hashed set difference; a join of the transition
+    tables, which have no index, was planned as a nested loop and cost 7x the statement),
+    then puts it in its new buckets."""
+    stage = "INSERT INTO change_stage (txid, tenant_id, bucket, key, op) SELECT txid_current(), e.*,"
+    old, new = _pg_entries(synced, specs, "fieldsync_old"), _pg_entries(synced, specs, "fieldsync_new")
+    steps = {
+        "INSERT": [f"{stage} 1 FROM ({new}) AS e;"],
+        "UPDATE": [f"{stage} 0 FROM ({old} EXCEPT {new}) AS e;", f"{stage} 1 FROM ({new}) AS e;"],
+        "DELETE": [f"{stage} 0 FROM ({old}) AS e;"],
+    }[op]
     rows = "fieldsync_old" if op == "DELETE" else "fieldsync_new"
     # The commit trigger positions nothing (and takes no position) for a tenant that staged nothing.
     steps.append(f"INSERT INTO change_txn (txid, tenant_id) SELECT DISTINCT txid_current(), "
