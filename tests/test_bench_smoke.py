@@ -21,6 +21,7 @@ BENCHES = {
     "jobs_bench.py": ["p50", "compaction"],
     "observability_bench.py": ["p50"],
     "client_decode_bench.py": ["rows/s"],
+    "capture_bench.py": ["with / without capture triggers", "p50"],
 }
 
 
