@@ -362,6 +362,7 @@ async def _watch_sqlite(db: Database, on_commit: OnCommit, interval: float) -> N
         seen[tenant_id] = max(seen.get(tenant_id, 0), seq)
 
     db.commit_listeners.append(ours)
+    moved: dict[int, int] = {}  # heads seen ahead of this process's own commits, one look ago
     try:
         first = True
         while True:
@@ -372,9 +373,15 @@ async def _watch_sqlite(db: Database, on_commit: OnCommit, interval: float) -> N
                 async with db.read() as conn:
                     heads = (await conn.execute(sa.select(log_head.c.tenant_id, log_head.c.seq))).all()
                 for tenant_id, seq in heads:
-                    if not first and seq > seen.get(tenant_id, 0):
+                    # A head ahead of our commits may be one of ours whose notice is a moment
+                    # behind its COMMIT: only a head still ahead one look later is another
+                    # process's (waking every session for our own commits split bursts).
+                    if not first and moved.get(tenant_id, 0) > seen.get(tenant_id, 0):
                         on_commit(tenant_id, seq, None)
-                    seen[tenant_id] = max(seen.get(tenant_id, 0), seq)
+                        seen[tenant_id] = seq
+                    moved[tenant_id] = seq if seq > seen.get(tenant_id, 0) else 0
+                    if first:
+                        seen[tenant_id] = max(seen.get(tenant_id, 0), seq)
                 first = False
             except Exception:  # the database is away: the next round tries again
                 log.warning("capture watch: could not look for other programs' writes", exc_info=True)
