@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .schema import SINGLE_TENANT, TENANT, BucketSpec, Registry, SyncedTable
-from .storage import Database, capture_state, change_log, change_stage, log_head
+from .storage import Database, capture_state, change_stage, log_head, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ async def install(db: Database, registry: Registry) -> bool:
             await conn.exec_driver_sql(statement)
         await conn.execute(sa.delete(capture_state).where(capture_state.c.name == "triggers"))
         await conn.execute(sa.insert(capture_state).values(name="triggers", hash=wanted,
-                                                           installed_at=_now_ms()))
+                                                           installed_at=now_ms()))
     log.debug("capture triggers installed for %d tables", len(_captured(registry)))
     return True
 
@@ -278,12 +278,6 @@ async def _drop_all(conn: AsyncConnection, db: Database, keep: set[str]) -> None
         await conn.exec_driver_sql("DROP FUNCTION IF EXISTS fieldsync_commit()")
 
 
-def _now_ms() -> int:
-    from .changes import now_ms
-
-    return now_ms()
-
-
 # -- positions ----------------------------------------------------------------------
 
 
@@ -316,7 +310,7 @@ async def _flush_tenant(conn: AsyncConnection, tenant_id: int) -> tuple[int, fro
             return None
         await conn.execute(sa.insert(log_head).values(tenant_id=tenant_id, seq=1))
         seq = 1
-    await conn.exec_driver_sql(_SQLITE_MOVE, (seq, _now_ms(), tenant_id))
+    await conn.exec_driver_sql(_SQLITE_MOVE, (seq, now_ms(), tenant_id))
     buckets = (await conn.exec_driver_sql(_SQLITE_CLEAR, (tenant_id,))).scalars().all()
     return seq, frozenset(buckets)
 

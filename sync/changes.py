@@ -9,7 +9,6 @@ which position and buckets it committed.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,14 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from . import capture
 from .schema import TENANT, Registry, SyncedTable, tenant_clause
-from .storage import Database
+from .storage import Database, now_ms  # noqa: F401 (now_ms: re-exported, imported from here widely)
 
 _CHUNK = 500  # keys per IN (...) list: well under SQLite's 32766 bound parameters
 _BULK_FROM = 50  # from this many updates of one column set, PostgreSQL takes the bulk path
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class ChangeSet:
@@ -65,7 +60,7 @@ class ChangeSet:
         """Insert new rows, update the given columns of existing ones; of a key given
         twice, the later values win (a new key is inserted once, with both merged)."""
         synced = self._synced(table)
-        old = await self._old_rows(synced, [row[synced.key] for row in rows], full=True)
+        old = await self._old_rows(synced, [row[synced.key] for row in rows])
         fresh: dict[str, dict[str, Any]] = {}
         for row in rows:
             if (key := _k(row[synced.key])) not in old:
@@ -80,7 +75,7 @@ class ChangeSet:
         Returns the row as it was before, or None when there is no such row.
         """
         synced = self._synced(table)
-        old = await self._old_rows(synced, [key], full=True)
+        old = await self._old_rows(synced, [key])
         before = old.get(_k(key))
         if before is not None:
             await self._apply_updates(synced, [(before, dict(values))])
@@ -119,18 +114,14 @@ class ChangeSet:
         except KeyError:
             raise TypeError(f"{table.name} is not a synced table") from None
 
-    async def _old_rows(self, synced: SyncedTable, keys: list[Any], *, full: bool) -> dict[str, dict[str, Any]]:
-        """Current rows by key, locked for update (PostgreSQL) so scopes cannot race."""
+    async def _old_rows(self, synced: SyncedTable, keys: list[Any]) -> dict[str, dict[str, Any]]:
+        """Current rows by key, locked for update (PostgreSQL): what an update starts from
+        (its versions, the row ``update`` returns)."""
         table = synced.table
-        if full:
-            cols = list(table.c)
-        else:
-            names = {synced.key}.union(*(s.columns for s in self.registry.specs_of(table.name)))
-            cols = [table.c[n] for n in sorted(names)]
         found: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(keys, _CHUNK):
             query = self.db.locking(
-                sa.select(*cols).where(tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk)))
+                sa.select(table).where(tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk)))
             for row in (await self.conn.execute(query)).mappings():
                 found[_k(row[synced.key])] = dict(row)
         return found

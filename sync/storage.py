@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 log_head = sa.Table(
     "log_head",
     metadata,
