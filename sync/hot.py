@@ -53,6 +53,12 @@ async def read_page(conn: AsyncConnection, tenant_id: int, ds: Dataset, key: str
     return None if row is None else Page(row.seq, msgpack.unpackb(row.rows, raw=False), page + 1 >= row.pages)
 
 
+async def rows_in(conn: AsyncConnection, tenant_id: int, ds: Dataset, key: str) -> int:
+    """The rows of a scope's pages (one build's: they are replaced whole)."""
+    return await conn.scalar(sa.select(sa.func.coalesce(sa.func.sum(hot_pages.c.count), 0)).where(
+        hot_pages.c.tenant_id == tenant_id, hot_pages.c.dataset == ds.name, hot_pages.c.scope == key)) or 0
+
+
 async def build(db: Database, registry: Registry, tenant_id: int, *, page_rows: int = PAGE_ROWS) -> int:
     """(Re)build the pages of every hot dataset's scope whose pages are older than the log
     head; returns the pages written."""

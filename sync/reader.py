@@ -166,14 +166,19 @@ class Reader:
         while cursor.snap and batch.rows < limit:
             ds = datasets[cursor.snap[0]]
             scope = ds.scopes[principal.role]
-            if cursor.after is None:
+            starting = cursor.after is None
+            if starting:
                 batch.reset.append(ds.name)
                 cursor.datasets[ds.name] = _state(ds, values[ds.name])
-                batch.expected[ds.name] = await conn.scalar(sa.select(sa.func.count()).select_from(ds.table).where(
-                    tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now)))
             want = limit - batch.rows
             if await _hot_page(conn, principal.tenant_id, ds, scope, values[ds.name], cursor, batch, want, horizon):
+                if starting:  # what the pages hold: a reconnect storm must not count the catalog per device
+                    batch.expected[ds.name] = await hot.rows_in(
+                        conn, principal.tenant_id, ds, hot.scope_key(ds, scope, values[ds.name]))
                 continue
+            if starting:
+                batch.expected[ds.name] = await conn.scalar(sa.select(sa.func.count()).select_from(ds.table).where(
+                    tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now)))
             if isinstance(cursor.after, list):  # was paging pre-built pages: go on from its last key
                 cursor.after = cursor.after[0]
             key = ds.table.c[ds.key]

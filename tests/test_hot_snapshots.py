@@ -55,6 +55,9 @@ async def test_fresh_devices_get_prebuilt_pages_then_the_changes_since(services,
             break
     served_from_pages = [b for b in batches if "catalog" in b["reset"]]
     assert catalog_names(served_from_pages[0])[1] != "Renamed after the build", "the page was pre-built"
+    async with services.db.read() as conn:
+        in_pages = await conn.scalar(sa.select(sa.func.sum(hot_pages.c.count)).where(hot_pages.c.dataset == "catalog"))
+    assert served_from_pages[0]["expected"]["catalog"] == in_pages, "counted from the pages, not the table"
     later = {k: v for b in batches[batches.index(served_from_pages[0]) + 1:] for k, v in catalog_names(b).items()}
     assert later[1] == "Renamed after the build" and 900 in later, "changes since the build follow"
     assert pos.replica.data == await fresh_view(services, client, w.pos1, "pos")
