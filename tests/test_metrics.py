@@ -399,16 +399,22 @@ def test_terminal_logs_are_plain_text(monkeypatch, capsys):
 # -- several processes --------------------------------------------------------------------------
 
 
+async def sharing_processes(services, processes: list, tmp_path: Path) -> tuple[Path, Proc, Proc]:
+    """Two servers sharing one PROMETHEUS_MULTIPROC_DIR, started."""
+    shared = tmp_path / "prom-multiproc"
+    shared.mkdir()
+    one, two = (Proc(services.settings, tmp_path / name, name=name, PROMETHEUS_MULTIPROC_DIR=str(shared))
+                for name in ("one", "two"))
+    processes.extend([one, two])
+    await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
+    return shared, one, two
+
+
 async def test_two_processes_share_one_exposition(services, world, processes, tmp_path):
     """Multi-process mode: each process writes its samples to the shared directory; the
     /metrics of either one serves the sum."""
     w = world
-    shared = tmp_path / "prom-multiproc"
-    shared.mkdir()
-    one = Proc(services.settings, tmp_path / "one", name="one", PROMETHEUS_MULTIPROC_DIR=str(shared))
-    two = Proc(services.settings, tmp_path / "two", name="two", PROMETHEUS_MULTIPROC_DIR=str(shared))
-    processes.extend([one, two])
-    await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
+    shared, one, two = await sharing_processes(services, processes, tmp_path)
     pos = token(services, w.pos1, "pos")
     for server, times in ((one, 2), (two, 3)):
         for n in range(times):
@@ -464,12 +470,7 @@ async def test_record_ack_observes_device_lag(services, world):
 async def test_a_killed_process_stops_counting_in_the_live_gauges(services, world, processes, tmp_path):
     """A process killed with a session open left ``fieldsync_ws_sessions`` at 1 for good;
     each scrape now drops the live gauges of processes that are gone (counters stay)."""
-    shared = tmp_path / "prom-multiproc"
-    shared.mkdir()
-    one = Proc(services.settings, tmp_path / "one", name="one", PROMETHEUS_MULTIPROC_DIR=str(shared))
-    two = Proc(services.settings, tmp_path / "two", name="two", PROMETHEUS_MULTIPROC_DIR=str(shared))
-    processes.extend([one, two])
-    await asyncio.gather(asyncio.to_thread(one.start), asyncio.to_thread(two.start))
+    shared, one, two = await sharing_processes(services, processes, tmp_path)
     pos = token(services, world.pos1, "pos")
     assert pull(one.base, pos, "till-dying").status_code == 200
     async with connect(one.base.replace("http://", "ws://") + "/sync/ws", max_size=None, ping_interval=None) as conn:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from jobs import dashboards as dashboard_jobs
-from server.app import Services, build_services
+from server.app import Services
 from server.domain.job_tables import document_files, documents, jobs_failed, notices
 from server.domain.tables import (
     branches, customers, dashboards, invoices, orders, payments, pricelists, prices, products, sales, stock,
@@ -33,6 +32,7 @@ from .conftest import _reset_pg
 from .jobs_support import device, fetch, pdf_text, rows
 from .support import DAY, World, seed, token
 from .test_admin_api import admin_post, assert_error, dump
+from .test_jobs import services  # noqa: F401 (the fixture: jobs run where they are enqueued)
 
 # Tenant 2's world (tenant 1's is tests/support.py's): ids are global integers, so its own.
 ADMIN2, SALES2, POS2, PLANTED = 42, 43, 44, 47
@@ -42,16 +42,6 @@ EXISTING = {"users": SALES2, "customers": CUSTOMER2, "branches": SHOP2, "prices"
 DB_WORDS = re.compile(r"constraint|violat|tenant_id|sqlite|psycopg|asyncpg|\bkey\b", re.I)
 
 
-@pytest.fixture
-async def services(settings, monkeypatch) -> AsyncIterator[Services]:
-    monkeypatch.setenv("FIELDSYNC_JOBS", "immediate")
-    monkeypatch.delenv("FIELDSYNC_SMTP_URL", raising=False)
-    if not settings.embedded:
-        await _reset_pg(settings.database_url)
-    built = build_services(settings)
-    await upgrade(built.db)
-    yield built
-    await built.db.dispose()
 
 
 async def seed_two(services: Services) -> World:
