@@ -166,9 +166,11 @@ async def dribble(port: int, data: bytes, *, prefix: bytes = b"", every: float =
                   give_up: float) -> tuple[float | None, bytes]:
     """Send ``prefix``, then ``data`` one byte per ``every`` seconds; returns when the server
     closed the connection (seconds after connecting; None if still open at ``give_up``) and
-    what it answered."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    what it answered. The clock starts before the connect: the server's timer cannot start
+    earlier, while the moment this coroutine resumes after it can be late (300 connects at
+    once), which made an on-time close look early."""
     opened = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     ended = asyncio.create_task(_until_eof(reader))
     try:
         writer.write(prefix)
