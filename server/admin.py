@@ -22,7 +22,6 @@ from sync.messages import check_text
 from sync.changes import write_changes
 from sync.errors import AuthError, BadRequest, ErrorCode
 from sync.schema import MAX_ID, Principal, Registry, wire_type
-from sync.storage import metadata
 
 from .domain.principals import ROLES
 from .fanout import Notice
@@ -158,7 +157,7 @@ async def _check_references(conn, tenant_id: int, table: sa.Table, rows: list[Ma
                             where: Callable[[int], str]) -> None:
     """Refuse a row naming a row of another tenant, or none: one query per referenced table."""
     for target_name, columns in references(table).items():
-        target = metadata.tables[target_name]
+        target = table.metadata.tables[target_name]
         named = _named(rows, columns)
         found = await _ids_among(conn, target, sorted(set(named)), target.c.tenant_id == tenant_id)
         for value, (index, column) in named.items():

@@ -129,12 +129,12 @@ def _with_db(settings: Settings, work: Callable[[Database], Any]) -> Any:
     return asyncio.run(run())
 
 
-def _served_registry(settings: Settings):
-    """The registry of the domain FIELDSYNC_DOMAIN names (its capture triggers)."""
+def _served_domain(settings: Settings):
+    """The domain FIELDSYNC_DOMAIN names (its migrations, its capture triggers)."""
     from . import plugin
 
     try:
-        return plugin.load(settings.domain).registry(None)
+        return plugin.load(settings.domain)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
 
@@ -142,8 +142,8 @@ def _served_registry(settings: Settings):
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     from .migrations import upgrade
 
-    registry = _served_registry(settings)
-    _with_db(settings, lambda db: upgrade(db, registry=registry))
+    domain = _served_domain(settings)
+    _with_db(settings, lambda db: upgrade(db, domain))
     print("database schema and capture triggers are up to date")
     return 0
 
@@ -220,12 +220,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from .migrations import pending, upgrade
     from .ws_protocol import SharedDeflateProtocol
 
-    registry = _served_registry(settings)
+    domain = _served_domain(settings)
 
     async def prepare(db: Database) -> bool:
         if settings.embedded:
-            await upgrade(db, registry=registry)
-        return await pending(db, registry)
+            await upgrade(db, domain)
+        return await pending(db, domain)
 
     if settings.embedded:
         if args.workers > 1:

@@ -40,6 +40,9 @@ def _bounded(env: dict[str, str], name: str, default: float, low: float, high: f
     return value
 
 
+#: The bundled field-sales/POS domain, named (not imported: the server is handed its domain).
+DEFAULT_DOMAIN = "server.domain.plugin:domain"
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -78,7 +81,7 @@ class Settings:
     # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks.
     ws_deflate: bool = True
     metrics: bool = True  # FIELDSYNC_METRICS=0: no request metrics/access log/DB instrumentation (benchmarks)
-    domain: str = "server.domain.plugin:domain"  # the server.plugin.Domain to serve: "package.module:attribute"
+    domain: str = DEFAULT_DOMAIN  # the server.plugin.Domain to serve: "package.module:attribute"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -119,7 +122,7 @@ class Settings:
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",
             ws_deflate=_flag(env, "WS_DEFLATE", True),
             metrics=_flag(env, "METRICS", True),
-            domain=env.get("FIELDSYNC_DOMAIN") or "server.domain.plugin:domain",
+            domain=env.get("FIELDSYNC_DOMAIN") or DEFAULT_DOMAIN,
         ).validated(explicit_secret=bool(secret))
 
     def validated(self, *, explicit_secret: bool = True) -> Settings:

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from sync.errors import AuthError, ErrorCode
 from sync.schema import SINGLE_TENANT, Principal, Registry
 from sync.storage import Database
@@ -41,6 +43,10 @@ class Domain:
     roles: tuple[str, ...]
     inactive_users: InactiveUsers = _nobody_inactive
     bundled_jobs: bool = False  # the field-sales jobs (invoices, notices, dashboards) apply
+    #: An Alembic script directory creating the domain's own tables (None: the tables are
+    #: the company's, made by someone else), and their metadata for autogenerate.
+    migrations: str | None = None
+    metadata: sa.MetaData | None = None
 
 
 def claims_only(roles: tuple[str, ...]) -> PrincipalResolver:

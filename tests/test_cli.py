@@ -131,14 +131,14 @@ def test_migrate_creates_the_schema_and_is_idempotent(env, capsys):
     assert code == 0, err
     assert "up to date" in out
     tables = {r[0] for r in query(env, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"alembic_version", "log_head", "change_log", "mutation_ledger", "devices", "tenants", "users",
+    assert {"fieldsync_version", "field_sales_version", "log_head", "change_log", "mutation_ledger", "devices", "tenants", "users",
             "customers", "products", "prices", "stock", "orders", "sales"} <= tables
-    [(revision,)] = query(env, "SELECT version_num FROM alembic_version")
+    [(revision,)] = query(env, "SELECT version_num FROM fieldsync_version")
     before = dump(env)
     code, _, err = main(capsys, "migrate")
     assert code == 0, err
     assert dump(env) == before
-    assert query(env, "SELECT version_num FROM alembic_version") == [(revision,)]
+    assert query(env, "SELECT version_num FROM fieldsync_version") == [(revision,)]
 
 
 def test_console_script_migrate(env):

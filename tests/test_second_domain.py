@@ -34,7 +34,7 @@ async def notes_services(settings) -> AsyncIterator:
     sql = PlainSql(settings)
     await sql.run([field_notes.CREATE["sqlite" if sql.sqlite else "postgresql"]])  # the company's own table
     services = build_services(settings, domain=field_notes.domain)
-    await upgrade(services.db, registry=services.registry)
+    await upgrade(services.db, services.domain)
     yield services
     await services.db.dispose()
 

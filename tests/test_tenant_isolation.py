@@ -24,11 +24,8 @@ from server.domain.tables import (
     branches, customers, dashboards, invoices, orders, payments, pricelists, prices, products, sales, stock,
     tenants, users, visits,
 )
-from server.migrations import upgrade
 from sync.changes import now_ms, write_changes
-from sync.storage import Database
 
-from .conftest import _reset_pg
 from .jobs_support import device, fetch, pdf_text, rows
 from .support import DAY, World, seed, token
 from .test_admin_api import admin_post, assert_error, dump
@@ -268,44 +265,3 @@ async def test_same_uuid_orders_get_each_tenant_its_own_invoice_file_and_notice(
         assert all(r["status"] == "sent" for r in found if table is notices)
     mails = sorted(p.read_text() for p in (tmp_path / "outbox").glob("*.eml"))
     assert len(mails) == 2 and "Acme Trading" in mails[0] + mails[1] and "Other Co" in mails[0] + mails[1]
-
-
-# -- the migration ----------------------------------------------------------------------------
-
-
-async def test_migration_0005_keys_rows_by_tenant_and_keeps_them(settings):
-    if not settings.embedded:
-        await _reset_pg(settings.database_url)
-    db = Database(settings.database_url)
-    try:
-        await upgrade(db, "0004")
-        shared, now = str(uuid.uuid4()), now_ms()
-        old = {
-            tenants: [{"id": t, "slug": f"t{t}", "name": f"T{t}", "currency": "EUR"} for t in (1, 2)],
-            orders: [{"id": shared, "tenant_id": 1, "number": "SO-000001", "customer_id": 1, "salesperson_id": 11,
-                      "branch_id": 1, "status": "confirmed", "lines": [], "total": 0, "currency": "EUR",
-                      "taken_at": now, "created_at": now}],
-            invoices: [{"id": f"inv-{shared}", "tenant_id": 1, "number": "INV-000001", "order_id": shared,
-                        "branch_id": 1, "total": 0, "currency": "EUR", "status": "ready", "created_at": now}],
-            dashboards: [{"id": "branch:2", "tenant_id": 2, "kind": "branch", "branch_id": 2, "today_total": 5,
-                          "month_total": 5, "currency": "EUR", "top_products": [], "updated_at": now}],
-        }
-        async with db.write() as conn:
-            for table, values in old.items():
-                await conn.execute(sa.insert(table), values)
-        await upgrade(db)
-        async with db.write() as conn:
-            for table, values in old.items():  # every row kept as it was
-                assert len((await conn.execute(sa.select(table))).all()) == len(values)
-            await conn.execute(sa.insert(orders), [{**old[orders][0], "tenant_id": 2}])
-            await conn.execute(sa.insert(invoices), [{**old[invoices][0], "tenant_id": 2}])
-            await conn.execute(sa.insert(dashboards), [{**old[dashboards][0], "tenant_id": 1}])
-            for name in ("orders", "sales", "payments", "visits", "invoices", "dashboards", "documents",
-                         "document_files", "notices"):
-                keys = await conn.run_sync(lambda c, n=name: sa.inspect(c).get_pk_constraint(n))
-                assert keys["constrained_columns"] == ["tenant_id", "id"], (name, keys)
-        with pytest.raises(sa.exc.IntegrityError):  # unique within a tenant still
-            async with db.write() as conn:
-                await conn.execute(sa.insert(orders), [old[orders][0]])
-    finally:
-        await db.dispose()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from sync.storage import metadata
-
-from .tables import invoices, ref, tenant_key
+from .tables import invoices, metadata, ref, tenant_key
 
 TIME = {"wire": "time"}
 

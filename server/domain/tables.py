@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from sync.storage import metadata
+#: The domain's own tables, migrated by its own chain (server/domain/migrations), apart
+#: from fieldsync's (sync.storage.metadata, server/migrations).
+metadata = sa.MetaData()
 
 TIME = {"wire": "time"}
 MONEY = {"wire": "money"}

@@ -1,13 +1,5 @@
-"""Alembic environment: always handed a live connection by server.migrations."""
+"""Alembic environment of fieldsync's own chain (see server/migrations/__init__.py)."""
 
-from __future__ import annotations
+from server.migrations import run_environment
 
-from alembic import context
-
-import server.domain.tables  # noqa: F401  (registers the domain tables on the metadata)
-from sync.storage import metadata
-
-connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True)
-with context.begin_transaction():
-    context.run_migrations()
+run_environment()

@@ -1,0 +1,129 @@
+"""``fieldsync migrate``: fieldsync's own chain, then the served domain's (issue 11).
+
+On a company's existing database (the domain brings no migrations) it creates only
+fieldsync's tables and the capture triggers: a company table that happens to be called
+``products``, or the company's own ``alembic_version``, is left exactly as it was. A
+database migrated by the single chain of earlier releases is recognised and stamped.
+On PostgreSQL and SQLite.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from server.domain.tables import dashboards, invoices, orders, tenants
+from server.migrations import pending, upgrade
+from sync import capture
+from sync.changes import now_ms
+from sync.storage import Database
+from sync.storage import metadata as fieldsync_tables
+
+from . import field_notes
+from .conftest import _reset_pg
+from .test_capture import PlainSql
+
+COMPANY = [
+    # A table of the company's that shares a name with one of the bundled domain's.
+    "CREATE TABLE products (code varchar(20) PRIMARY KEY, label varchar(80) NOT NULL)",
+    "INSERT INTO products VALUES ('P-1', 'Hammer'), ('P-2', 'Saw')",
+    # The company's backend keeps its own Alembic history.
+    "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)",
+    "INSERT INTO alembic_version VALUES ('erp_0042')",
+    "INSERT INTO field_notes VALUES ('n-1', 7, 'call back', true)",
+]
+
+
+@pytest.fixture
+async def db(settings):
+    if not settings.embedded:
+        await _reset_pg(settings.database_url)
+    database = Database(settings.database_url)
+    yield database
+    await database.dispose()
+
+
+async def _shapes(db: Database) -> dict[str, tuple]:
+    """Every table's columns, key, indexes and rows: what "left as it was" compares."""
+    def read(conn) -> dict[str, tuple]:
+        inspector = sa.inspect(conn)
+        return {name: ([(c["name"], str(c["type"]), c["nullable"]) for c in inspector.get_columns(name)],
+                       inspector.get_pk_constraint(name)["constrained_columns"],
+                       sorted(str(i["column_names"]) for i in inspector.get_indexes(name)),
+                       sorted(conn.execute(sa.text(f"SELECT * FROM {name}")).all()))
+                for name in inspector.get_table_names()}
+
+    async with db.read() as conn:
+        return await conn.run_sync(read)
+
+
+async def test_migrate_on_a_company_database_adds_only_fieldsync_tables_and_triggers(settings, db):
+    sql = PlainSql(settings)
+    await sql.run([field_notes.CREATE["sqlite" if sql.sqlite else "postgresql"], *COMPANY])
+    company = await _shapes(db)
+
+    await upgrade(db, field_notes.domain)
+    after = await _shapes(db)
+    assert set(after) == set(company) | set(fieldsync_tables.tables) | {"fieldsync_version"}
+    assert {name: after[name] for name in company} == company, "the company's tables are untouched"
+    assert not await pending(db, field_notes.domain)
+    assert await capture.installed(db, field_notes.build_registry())
+
+    await upgrade(db, field_notes.domain)  # idempotent
+    assert await _shapes(db) == after
+    await capture.uninstall(db)
+    assert {name: (await _shapes(db))[name] for name in company} == company
+
+
+async def _make_unsplit(db: Database, revision: str) -> None:
+    """Turn a database at both chains' heads into what the single chain left at ``revision``."""
+    async with db.write() as conn:
+        await conn.execute(sa.text("DROP TABLE fieldsync_version"))
+        await conn.execute(sa.text("DROP TABLE field_sales_version"))
+        await conn.execute(sa.text("CREATE TABLE alembic_version (version_num varchar(32) NOT NULL PRIMARY KEY)"))
+        await conn.execute(sa.text("INSERT INTO alembic_version VALUES (:r)"), {"r": revision})
+
+
+async def test_a_database_of_the_unsplit_chain_is_stamped_and_keeps_its_rows(db):
+    await upgrade(db)
+    shared, now = str(uuid.uuid4()), now_ms()
+    old = {
+        tenants: [{"id": t, "slug": f"t{t}", "name": f"T{t}", "currency": "EUR"} for t in (1, 2)],
+        orders: [{"id": shared, "tenant_id": 1, "number": "SO-000001", "customer_id": 1, "salesperson_id": 11,
+                  "branch_id": 1, "status": "confirmed", "lines": [], "total": 0, "currency": "EUR",
+                  "taken_at": now, "created_at": now}],
+        invoices: [{"id": f"inv-{shared}", "tenant_id": 1, "number": "INV-000001", "order_id": shared,
+                    "branch_id": 1, "total": 0, "currency": "EUR", "status": "ready", "created_at": now}],
+        dashboards: [{"id": "branch:2", "tenant_id": 2, "kind": "branch", "branch_id": 2, "today_total": 5,
+                      "month_total": 5, "currency": "EUR", "top_products": [], "updated_at": now}],
+    }
+    async with db.write() as conn:
+        for table, values in old.items():
+            await conn.execute(sa.insert(table), values)
+    await _make_unsplit(db, "0006")
+    before = await _shapes(db)
+
+    await upgrade(db)
+    after = await _shapes(db)
+    assert "alembic_version" not in after
+    assert after["fieldsync_version"][3] == [("fieldsync_0001",)]
+    assert after["field_sales_version"][3] == [("field_sales_0001",)]
+    assert {n: s for n, s in after.items() if "version" not in n} == {n: s for n, s in before.items()
+                                                                       if n != "alembic_version"}
+    # Ids are unique per tenant (what 0005 of the single chain made them): the same id in
+    # another tenant is a different row, the same id twice in one tenant is refused.
+    async with db.write() as conn:
+        await conn.execute(sa.insert(orders), [{**old[orders][0], "tenant_id": 2}])
+        await conn.execute(sa.insert(dashboards), [{**old[dashboards][0], "tenant_id": 1}])
+    with pytest.raises(sa.exc.IntegrityError):
+        async with db.write() as conn:
+            await conn.execute(sa.insert(orders), [old[orders][0]])
+
+
+async def test_an_older_revision_of_the_unsplit_chain_is_refused_with_what_to_do(db):
+    await upgrade(db)
+    await _make_unsplit(db, "0004")
+    with pytest.raises(RuntimeError, match="revision 0004 of an earlier release.*to 0006 first"):
+        await upgrade(db)
