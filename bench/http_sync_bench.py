@@ -119,7 +119,8 @@ async def grow_log(url: str, tenant: int, entries: int, sales1: int) -> None:
 
 async def incremental(url: str, base: str, tenant: int, token: str, cursor: bytes, repeats: int) -> dict:
     """10 price changes the POS device holds, then its pull: server time and HTTP round trip."""
-    from server.admin import apply as admin_write
+    from server.admin import apply
+    from server.domain.backoffice import WRITABLE
     from server.domain.principals import principal_for
 
     services = build_services(settings_for(url))
@@ -127,7 +128,7 @@ async def incremental(url: str, base: str, tenant: int, token: str, cursor: byte
         ids = (await conn.execute(sa.select(prices.c.id).where(prices.c.tenant_id == tenant)
                                   .order_by(prices.c.id).limit(400))).scalars().all()
         log_size = await conn.scalar(sa.select(sa.func.count()).select_from(change_log))
-    await admin_write(services.db, services.registry, tenant, "prices",
+    await apply(services.db, services.registry, tenant, WRITABLE["prices"],
                       [{"id": i, "amount": 999} for i in ids[::40][:10]], [])
     principal = await principal_for(services.db, services.tokens.verify(token))
     server_ms, changed = [], 0

@@ -27,8 +27,8 @@ import sqlalchemy as sa
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, SECRET, free_port, median, percentile, scratch_database, wait_ready  # noqa: E402
-from jobs.invoices import invoice_sheet  # noqa: E402
-from jobs.pdf import render  # noqa: E402
+from server.domain.background.invoices import invoice_sheet  # noqa: E402
+from server.domain.background.pdf import render  # noqa: E402
 from server.app import build_services  # noqa: E402
 from server.config import Settings  # noqa: E402
 from server.domain.demo import load_demo  # noqa: E402

@@ -103,13 +103,14 @@ def initial_rate(base: str, token: str) -> tuple[float, int]:
 
 async def small_change(url: str, tenant: int) -> None:
     """10 price changes the POS device holds: its next pull carries about 10 rows."""
-    from server.admin import apply as admin_write
+    from server.admin import apply
+    from server.domain.backoffice import WRITABLE
 
     services = build_services(settings_for(url))
     async with services.db.read() as conn:
         ids = (await conn.execute(sa.select(prices.c.id).where(prices.c.tenant_id == tenant)
                                   .order_by(prices.c.id).limit(400))).scalars().all()
-    await admin_write(services.db, services.registry, tenant, "prices",
+    await apply(services.db, services.registry, tenant, WRITABLE["prices"],
                       [{"id": i, "amount": 777} for i in ids[::40][:10]], [])
     await services.db.dispose()
 

@@ -1,5 +1,7 @@
 """The Huey instance, built from config, and the :class:`Jobs` object the server and the
-worker hold: tasks, the sink mutation handlers enqueue to, and a consumer.
+worker hold: fieldsync's own tasks (compaction, hot snapshot pages, the sweep), those of
+the domain served (its :class:`JobPlugin`), the sink its mutation handlers enqueue to,
+and a consumer. Nothing here knows a domain: it is handed one.
 
 Storage by config: Redis in production (a ``fieldsync worker`` process consumes), SQLite
 under the data dir in the embedded default (threads of the web process consume), or
@@ -11,27 +13,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from huey import MemoryHuey, RedisHuey, SqliteHuey
-from huey.api import Huey
+from huey.api import Huey, TaskWrapper
 from huey.consumer import Consumer
 
-from server import metrics
-from server.domain.registry import build_registry
+from sync.schema import Registry
 from sync.storage import Database
 
-from . import failures
+from . import metrics
 from .config import JobSettings
 from .serializer import MsgpackSerializer
 from .tasks import Tasks, define_tasks
 
 log = logging.getLogger("fieldsync.jobs")
 T = TypeVar("T")
-DEBOUNCE_STALE_S = 300  # a debounce mark older than this belongs to a lost job: schedule anew
 
 
 def build_huey(settings: JobSettings) -> Huey:
@@ -44,24 +43,22 @@ def build_huey(settings: JobSettings) -> Huey:
     return SqliteHuey(filename=str(Path(settings.data_dir) / "jobs.db"), **common)
 
 
-class HueySink:
-    """The domain's :class:`~server.domain.jobsink.JobSink`: enqueue by ids."""
+class JobPlugin(Protocol):
+    """What a domain brings to the runner (the bundled one: server/domain/background)."""
 
-    def __init__(self, jobs: Jobs) -> None:
-        self.jobs = jobs
+    def define(self, jobs: Jobs) -> Any:
+        """Register the domain's tasks (``jobs.huey``, named in ``jobs.named``); return the
+        sink its mutation handlers enqueue to, handed to the domain's registry factory."""
 
-    def invoice(self, tenant_id: int, invoice_id: str) -> None:
-        self.jobs.tasks.invoice_render(tenant_id, invoice_id)
+    async def pending_work(self, db: Database, older_than_ms: int) -> dict[str, list[tuple[Any, ...]]]:
+        """The arguments of work still pending since ``older_than_ms`` ago, by task name: a
+        lost job's, which the sweep enqueues again."""
 
-    def notice(self, tenant_id: int, notice_id: str) -> None:
-        self.jobs.tasks.notice_deliver(tenant_id, notice_id)
+    async def gave_up(self, db: Database, registry: Registry, task: str, args: list[Any]) -> None:
+        """A task ran out of retries: show it on the row it was making."""
 
-    def report(self, tenant_id: int, document_id: str) -> None:
-        self.jobs.tasks.report_render(tenant_id, document_id)
-
-    def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None:
-        for dashboard_id in dashboard_ids:
-            self.jobs.refresh_dashboard_soon(tenant_id, dashboard_id)
+    async def reopen(self, db: Database, registry: Registry, task: str, args: list[Any]) -> None:
+        """``fieldsync jobs retry``: put that row back to pending before the task runs again."""
 
 
 class _InProcessConsumer(Consumer):
@@ -72,14 +69,22 @@ class _InProcessConsumer(Consumer):
 
 
 class Jobs:
-    """One process's job runner: the Huey instance, its tasks, and the sink."""
+    """One process's job runner: the Huey instance, its tasks, and the domain's sink.
 
-    def __init__(self, settings: JobSettings, huey: Huey | None = None) -> None:
+    ``registry``: the domain's registry factory, handed the sink its plug-in returns (or
+    None); ``plugin``: the domain's tasks, if it has any.
+    """
+
+    def __init__(self, settings: JobSettings, registry: Callable[[Any], Registry],
+                 plugin: JobPlugin | None = None, huey: Huey | None = None) -> None:
         self.settings = settings
         self.huey = huey or build_huey(settings)
-        self.sink = HueySink(self)
-        self.registry = build_registry(self.sink)
+        self.plugin = plugin
+        #: Every task by name, fieldsync's and the domain's: what a sweep or a retry enqueues.
+        self.named: dict[str, TaskWrapper] = {}
         self.tasks: Tasks = define_tasks(self)
+        self.sink = plugin.define(self) if plugin is not None else None
+        self.registry = registry(self.sink)
         self._consumer: Consumer | None = None
         self._local = threading.local()
         #: Told of every commit a job makes ``(tenant, seq, buckets)``: the process owner
@@ -129,36 +134,18 @@ class Jobs:
                 runner.run(db.dispose())
             runner.close()
 
-    # -- debounced dashboards -----------------------------------------------------------
-
-    def debounce_key(self, tenant_id: int, dashboard_id: str) -> str:
-        return f"debounce:dashboard:{tenant_id}:{dashboard_id}"
-
-    def refresh_dashboard_soon(self, tenant_id: int, dashboard_id: str) -> None:
-        """One refresh per burst: the first landing schedules it ``dashboard_debounce``
-        seconds ahead and marks it; later landings see the mark and add nothing."""
-        if self.huey.immediate:
-            self.tasks.dashboard_refresh(tenant_id, dashboard_id)
-            return
-        key, now = self.debounce_key(tenant_id, dashboard_id), time.time()
-        if not self.huey.put_if_empty(key, now):
-            marked = self.huey.get(key, peek=True)
-            if marked is not None and now - marked < DEBOUNCE_STALE_S:
-                return
-            self.huey.put(key, now)
-        self.tasks.dashboard_refresh.schedule((tenant_id, dashboard_id), delay=self.settings.dashboard_debounce)
-
     # -- recovery -------------------------------------------------------------------------
 
     def sweep(self, older_than_s: float) -> int:
         """Enqueue again the work of rows still ``pending`` after ``older_than_s``: a job
         lost with a killed worker or a flushed queue is made by the next one."""
-        found = self.run(lambda db: failures.pending_work(db, int(older_than_s * 1000)))
-        for task, keys in found.items():
-            wrapper = getattr(self.tasks, task)
-            for tenant_id, key in keys:
-                wrapper(tenant_id, key)
-        total = sum(len(keys) for keys in found.values())
+        if self.plugin is None:
+            return 0
+        found = self.run(lambda db: self.plugin.pending_work(db, int(older_than_s * 1000)))
+        for task, calls in found.items():
+            for args in calls:
+                self.named[task](*args)
+        total = sum(len(calls) for calls in found.values())
         if total:
             log.info("sweep: enqueued %d pending job(s) again", total)
         return total

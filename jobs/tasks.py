@@ -1,4 +1,6 @@
-"""Every task and periodic task, registered on one Huey instance.
+"""fieldsync's own tasks, registered on the runner's Huey instance: change-log compaction,
+hot snapshot pages, the sweep of lost work; and the signals that count and record every
+task's runs, the domain's too (the domain registers its own tasks: ``JobPlugin.define``).
 
 Thin by design: a task takes ids, runs its async core in :meth:`Jobs.run` (own loop, own
 Database) and is safe to run twice. Failures retry with exponential backoff; a task out
@@ -17,11 +19,10 @@ from huey import crontab
 from huey.api import TaskWrapper
 from huey.signals import SIGNAL_COMPLETE, SIGNAL_ENQUEUED, SIGNAL_ERROR
 
-from server import metrics
 from sync import compaction, devices, hot
 from sync.storage import log_head
 
-from . import dashboards, failures, invoices, notices, reports
+from . import failures, metrics
 
 if TYPE_CHECKING:
     from .runner import Jobs
@@ -31,62 +32,20 @@ log = logging.getLogger("fieldsync.jobs")
 
 @dataclass(frozen=True)
 class Tasks:
-    invoice_render: TaskWrapper
-    report_render: TaskWrapper
-    notice_deliver: TaskWrapper
-    dashboard_refresh: TaskWrapper
-    dashboards_periodic: TaskWrapper
     compact_log: TaskWrapper
     sweep_pending: TaskWrapper
     hot_snapshots: TaskWrapper
 
 
 def define_tasks(jobs: Jobs) -> Tasks:
-    on_demand = _on_demand(jobs)
-    periodic = _periodic(jobs)
+    tasks = Tasks(*_periodic(jobs))
+    jobs.named.update({task.name: task for task in (tasks.compact_log, tasks.sweep_pending, tasks.hot_snapshots)})
     _observe(jobs)
-    return Tasks(*on_demand, *periodic)
-
-
-def _on_demand(jobs: Jobs) -> tuple[TaskWrapper, ...]:
-    huey, settings = jobs.huey, jobs.settings
-    # Immediate mode cannot wait (nothing reads the schedule): it retries at once.
-    retry: dict[str, Any] = {"retries": settings.retries, "retry_backoff": settings.retry_backoff,
-                             "retry_delay": 0 if settings.immediate else settings.retry_delay}
-    transport = notices.transport_for(settings.smtp_url, settings.data_dir)
-
-    @huey.task(name="invoice_render", **retry)
-    def invoice_render(tenant_id: int, invoice_id: str) -> str:
-        """Make the invoice PDF of an order or sale; the row turns ``ready``."""
-        return jobs.run(lambda db: invoices.render_invoice(db, jobs.registry, tenant_id, invoice_id,
-                                                           pause_ms=settings.pause_ms))
-
-    @huey.task(name="report_render", **retry)
-    def report_render(tenant_id: int, document_id: str) -> str:
-        """Make a requested report's PDF; its ``documents`` row turns ``ready``."""
-        return jobs.run(lambda db: reports.render_report(db, jobs.registry, tenant_id, document_id))
-
-    @huey.task(name="notice_deliver", **retry)
-    def notice_deliver(tenant_id: int, notice_id: str) -> str:
-        """Deliver one outbox notice (SMTP or file), unless already sent."""
-        return jobs.run(lambda db: notices.deliver(db, tenant_id, notice_id, transport, settings.smtp_from))
-
-    @huey.task(name="dashboard_refresh", **retry)
-    def dashboard_refresh(tenant_id: int, dashboard_id: str) -> bool:
-        """Recompute one dashboard row (debounced by the sink)."""
-        huey.delete(jobs.debounce_key(tenant_id, dashboard_id))  # landings from now on schedule anew
-        return jobs.run(lambda db: dashboards.refresh(db, jobs.registry, tenant_id, dashboard_id))
-
-    return invoice_render, report_render, notice_deliver, dashboard_refresh
+    return tasks
 
 
 def _periodic(jobs: Jobs) -> tuple[TaskWrapper, ...]:
     huey, settings = jobs.huey, jobs.settings
-
-    @huey.periodic_task(crontab(minute="*/15"), name="dashboards_periodic")
-    def dashboards_periodic() -> int:
-        """Every dashboard, so day and month roll-overs show without a landing."""
-        return jobs.run(lambda db: dashboards.refresh_all(db, jobs.registry))
 
     @huey.periodic_task(crontab(minute="17"), name="compact_log")
     def compact_log() -> int:
@@ -120,7 +79,7 @@ def _periodic(jobs: Jobs) -> tuple[TaskWrapper, ...]:
         log.info("hot snapshots: %d pages built", pages)
         return pages
 
-    return dashboards_periodic, compact_log, sweep_pending, hot_snapshots
+    return compact_log, sweep_pending, hot_snapshots
 
 
 def _observe(jobs: Jobs) -> None:
@@ -145,4 +104,5 @@ def _observe(jobs: Jobs) -> None:
         attempts = type(task).default_retries + 1
         error = f"{type(exc).__name__}: {exc}" if exc is not None else "unknown error"
         log.error("job %s %s gave up after %d attempt(s): %s", task.name, list(task.args), attempts, error)
-        jobs.run(lambda db: failures.record(db, jobs.registry, task.name, task.id, list(task.args), error, attempts))
+        jobs.run(lambda db: failures.record(db, jobs.registry, jobs.plugin, task.name, task.id, list(task.args),
+                                            error, attempts))

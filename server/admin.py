@@ -1,9 +1,10 @@
 """Back-office writes: ``POST /admin/{table}`` with ``{upsert: [rows], delete: [keys]}``.
 
-Generic over the tables below; each write goes through a ChangeSet, so it reaches the
-change log and every device whose scope it touches, like any device mutation. A write
-only names rows of the writer's tenant: its ids and the columns the domain declares as
-references (``info["ref"]``, see ``server/domain/tables.py``) are checked before it.
+Generic over the tables the served domain declares writable (``Domain.writable``); each
+write goes through a ChangeSet, so it reaches the change log and every device whose scope
+it touches, like any device mutation. A write only names rows of the writer's tenant: its
+keys and the columns the domain declares as references (``info["ref"]``, see
+``server/domain/tables.py``) are checked before it.
 """
 
 from __future__ import annotations
@@ -21,23 +22,11 @@ from sync import devices, wire
 from sync.messages import check_text
 from sync.changes import write_changes
 from sync.errors import AuthError, BadRequest, ErrorCode
-from sync.schema import MAX_ID, Principal, Registry, wire_type
+from sync.schema import MAX_ID, TENANT, Principal, Registry, wire_type
 
-from .domain.principals import ROLES
 from .fanout import Notice
-from .domain.tables import branches, customers, prices, products, stock, users
 from .http import authenticate, msgpack_response, read_body
-
-#: Tables the back office writes, and the columns it may set (``tenant_id`` is the caller's).
-WRITABLE: dict[str, tuple[sa.Table, tuple[str, ...]]] = {
-    "products": (products, ("id", "sku", "name", "category", "unit", "barcode", "active")),
-    "prices": (prices, ("id", "pricelist_id", "product_id", "amount", "currency", "valid_from", "valid_to")),
-    "stock": (stock, ("id", "branch_id", "product_id", "on_hand", "reserved", "negative")),
-    "customers": (customers, ("id", "name", "contact_name", "phone", "email", "address", "city", "salesperson_id",
-                              "branch_id", "pricelist_id", "credit_limit", "balance", "currency")),
-    "users": (users, ("id", "username", "name", "role", "branch_id", "month_target", "active")),
-    "branches": (branches, ("id", "name", "kind", "pricelist_id", "address")),
-}
+from .plugin import Writable
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,), "money": (int,), "time": (int,), "str": (str,), "bool": (bool,), "float": (float, int),
@@ -45,16 +34,22 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def check_rows(name: str, rows: Any, *, label: str = "row", first: int = 0) -> list[dict[str, Any]]:
-    """Validate rows against the table's writable columns and their wire types. A refusal
-    names the row as ``f"{label} {first + index}"`` (``fieldsync import`` says "line 2")."""
-    table, allowed = WRITABLE[name]
+def _is_key(writable: Writable, value: Any) -> bool:
+    kind = wire_type(writable.table.c[writable.key])
+    return isinstance(value, _PY_TYPES[kind]) and not isinstance(value, bool)
+
+
+def check_rows(writable: Writable, rows: Any, *, label: str = "row", first: int = 0) -> list[dict[str, Any]]:
+    """Validate rows against the table's writable columns, their wire types and the domain's
+    check. A refusal names the row as ``f"{label} {first + index}"`` (``fieldsync import``
+    says "line 2")."""
+    table, allowed, key = writable.table, writable.columns, writable.key
     if not isinstance(rows, list):
         raise BadRequest("`upsert` must be an array of rows")
     checked = []
     for index, row in enumerate(rows, start=first):
-        if not isinstance(row, dict) or not isinstance(row.get("id"), int) or isinstance(row.get("id"), bool):
-            raise BadRequest(f"{label} {index}: a map with an integer `id` is required")
+        if not isinstance(row, dict) or not _is_key(writable, row.get(key)):
+            raise BadRequest(f"{label} {index}: a map with a{_article(writable)} `{key}` is required")
         unknown = sorted(set(row) - set(allowed))
         if unknown:
             raise BadRequest(f"{label} {index}: unknown or read-only column(s) {', '.join(unknown)}")
@@ -67,19 +62,23 @@ def check_rows(name: str, rows: Any, *, label: str = "row", first: int = 0) -> l
             if not isinstance(value, _PY_TYPES[kind]) or (isinstance(value, bool) and kind != "bool"):
                 raise BadRequest(f"{label} {index}: `{col}` must be {kind}")
             _check_fits(table.c[col], value, f"{label} {index}: `{col}`")
-        if name == "users" and row.get("role") not in (None, *ROLES):
-            raise BadRequest(f"{label} {index}: `role` is one of {', '.join(ROLES)}")
+        refusal = writable.check(row) if writable.check is not None else None
+        if refusal:
+            raise BadRequest(f"{label} {index}: {refusal}")
         checked.append(row)
     return checked
 
 
-def check_keys(name: str, keys: Any) -> list[int]:
-    """Validate ``delete``: integer ids the table's id column can hold (a driver refuses others)."""
-    if not isinstance(keys, list) or not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
-        raise BadRequest("`delete` must be an array of integer ids")
-    table, _ = WRITABLE[name]
+def _article(writable: Writable) -> str:
+    return "n integer" if wire_type(writable.table.c[writable.key]) == "int" else " text"
+
+
+def check_keys(writable: Writable, keys: Any) -> list[Any]:
+    """Validate ``delete``: keys the table's key column can hold (a driver refuses others)."""
+    if not isinstance(keys, list) or not all(_is_key(writable, k) for k in keys):
+        raise BadRequest(f"`delete` must be an array of{_article(writable)} `{writable.key}`s")
     for index, key in enumerate(keys):
-        _check_fits(table.c.id, key, f"`delete` id {index}")
+        _check_fits(writable.table.c[writable.key], key, f"`delete` key {index}")
     return keys
 
 
@@ -95,17 +94,17 @@ def _check_fits(column: sa.Column, value: Any, what: str) -> None:
             raise BadRequest(f"{what} is out of range")
 
 
-async def apply(db, registry: Registry, tenant_id: int, name: str,
+async def apply(db, registry: Registry, tenant_id: int, writable: Writable,
                 upsert: Sequence[Mapping[str, Any]], delete: Sequence[Any], *,
                 label: str = "row", first: int = 0) -> dict[str, int]:
     """Apply one back-office batch in one transaction (also used by ``fieldsync import``);
     refusals name rows as :func:`check_rows` does."""
-    table, _ = WRITABLE[name]
+    table = writable.table
     rows = list(upsert)
     where = functools.partial(_where, label, first)
     try:
         async with write_changes(db, registry, tenant_id) as changes:
-            await _check_ids(changes.conn, tenant_id, table, rows, where)
+            await _check_keys_free(changes.conn, tenant_id, writable, rows, where)
             await _check_references(changes.conn, tenant_id, table, rows, where)
             await changes.upsert(table, rows)
             deleted = await changes.delete(table, list(delete))
@@ -120,11 +119,11 @@ async def apply(db, registry: Registry, tenant_id: int, name: str,
 _CHUNK = 500  # values per IN (...) list
 
 
-async def _ids_among(conn, table: sa.Table, ids: Sequence[Any], *where: sa.ColumnElement[bool]) -> set[Any]:
-    """Which of ``ids`` name a row of ``table`` passing ``where``."""
+async def _ids_among(conn, column: sa.Column, ids: Sequence[Any], *where: sa.ColumnElement[bool]) -> set[Any]:
+    """Which of ``ids`` name a row (by ``column``, its table's key) passing ``where``."""
     found: set[Any] = set()
     for start in range(0, len(ids), _CHUNK):
-        query = sa.select(table.c.id).where(table.c.id.in_(ids[start:start + _CHUNK]), *where)
+        query = sa.select(column).where(column.in_(ids[start:start + _CHUNK]), *where)
         found.update((await conn.execute(query)).scalars())
     return found
 
@@ -133,15 +132,19 @@ def _where(label: str, first: int, index: int) -> str:
     return f"{label} {first + index}"
 
 
-async def _check_ids(conn, tenant_id: int, table: sa.Table, rows: list[Mapping[str, Any]],
-                     where: Callable[[int], str]) -> None:
-    """Refuse an id another tenant's row holds: the back office's integer ids are global, so
-    ChangeSet.upsert (which looks for the id in the writer's tenant) would insert it and fail."""
-    taken = await _ids_among(conn, table, sorted({row["id"] for row in rows}), table.c.tenant_id != tenant_id)
+async def _check_keys_free(conn, tenant_id: int, writable: Writable, rows: list[Mapping[str, Any]],
+                           where: Callable[[int], str]) -> None:
+    """Refuse a key another tenant's row holds, where keys are shared by all tenants (the
+    bundled back-office tables' integer ids): ChangeSet.upsert, which looks for the key in
+    the writer's tenant, would insert it and fail."""
+    table, key = writable.table, writable.key
+    if TENANT not in table.c or TENANT in table.primary_key.columns:
+        return  # a single company's table, or keys unique per tenant
+    taken = await _ids_among(conn, table.c[key], sorted({row[key] for row in rows}), table.c[TENANT] != tenant_id)
     for index, row in enumerate(rows):
-        if row["id"] in taken:
-            raise BadRequest(f"{where(index)}: `id` {row['id']} is in use outside this tenant "
-                             f"(ids of {table.name} are shared by all tenants); choose another")
+        if row[key] in taken:
+            raise BadRequest(f"{where(index)}: `{key}` {row[key]} is in use outside this tenant "
+                             f"(keys of {table.name} are shared by all tenants); choose another")
 
 
 def references(table: sa.Table) -> dict[str, list[str]]:
@@ -159,7 +162,9 @@ async def _check_references(conn, tenant_id: int, table: sa.Table, rows: list[Ma
     for target_name, columns in references(table).items():
         target = table.metadata.tables[target_name]
         named = _named(rows, columns)
-        found = await _ids_among(conn, target, sorted(set(named)), target.c.tenant_id == tenant_id)
+        own = [target.c[TENANT] == tenant_id] if TENANT in target.c else []
+        [target_key] = [c for c in target.primary_key.columns if c.name != TENANT]
+        found = await _ids_among(conn, target_key, sorted(set(named)), *own)
         for value, (index, column) in named.items():
             if value not in found:
                 raise BadRequest(f"{where(index)}: `{column}` {value} is not a {_singular(target_name)} of this tenant",
@@ -184,7 +189,7 @@ def _clash(table: sa.Table, error: str) -> str:
     """What a unique key the batch broke means in the request's terms. The database's text
     only picks the key (PostgreSQL names the constraint, SQLite its columns); it is never quoted."""
     for key in [c for c in table.constraints if isinstance(c, sa.UniqueConstraint)]:
-        columns = [c.name for c in key.columns if c.name != "tenant_id"]
+        columns = [c.name for c in key.columns if c.name != TENANT]
         if f'"{key.name}"' in error or all(f"{table.name}.{c}" in error for c in columns):
             listed = ", ".join(f"`{c}`" for c in columns)
             return f"two rows of this tenant would have the same {listed} (two of the batch, or one and a stored row)"
@@ -217,11 +222,11 @@ async def enrol(request: Request) -> Response:
     user_id = body.get("user_id") if isinstance(body, dict) else None
     if not isinstance(user_id, int) or isinstance(user_id, bool) or not 0 < user_id <= MAX_ID:
         raise BadRequest("body must be {\"user_id\": <id of the device's new owner>}")
-    async with services.db.read() as conn:
-        active = await conn.scalar(sa.select(users.c.active).where(
-            users.c.tenant_id == principal.tenant_id, users.c.id == user_id))
-    if not active:
-        raise BadRequest(f"`user_id` {user_id} is not an active user of this tenant")
+    directory = services.domain.directory
+    if directory is not None:  # without one, the user id is taken at its word (claims-only)
+        found = (await directory.users(services.db, principal.tenant_id, [user_id])).get(user_id)
+        if found is None or not found.active:
+            raise BadRequest(f"`user_id` {user_id} is not an active user of this tenant")
     client_id = check_text(request.path_params["client_id"], "`client_id`")
     if not await devices.move(services.db, principal.tenant_id, client_id, user_id):
         raise BadRequest(f"no device {client_id!r} in this tenant")
@@ -243,18 +248,19 @@ async def _set_revoked(request: Request, *, revoked: bool) -> Response:
 async def write(request: Request) -> Response:
     services = request.app.state.services
     principal = await _admin(request)
-    name = request.path_params["table"]
-    if name not in WRITABLE:
-        raise BadRequest(f"unknown table {name!r}; writable: {', '.join(WRITABLE)}")
+    name, writable_tables = request.path_params["table"], services.domain.writable
+    writable = writable_tables.get(name)
+    if writable is None:
+        raise BadRequest(f"unknown table {name!r}; writable: {', '.join(writable_tables) or 'none'}")
     raw = await read_body(request, services.settings.max_body_bytes)
     is_json = "json" in request.headers.get("content-type", "")
     body = _json(raw) if is_json else wire.unpack(raw, max_size=services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise BadRequest("body must be a map {upsert: [...], delete: [...]}")
-    rows = check_rows(name, body.get("upsert", []))
-    keys = check_keys(name, body.get("delete", []))
-    counts = await apply(services.db, services.registry, principal.tenant_id, name, rows, keys)
-    if name in ("users", "branches"):
+    rows = check_rows(writable, body.get("upsert", []))
+    keys = check_keys(writable, body.get("delete", []))
+    counts = await apply(services.db, services.registry, principal.tenant_id, writable, rows, keys)
+    if writable.rescope:
         # Sessions re-read their user: a new branch or pricelist resets what it affects, and a
         # deactivated user (or one whose role changed) is closed at once.
         await services.fanout.publish(Notice(principal.tenant_id, 0, None, rescope=True))

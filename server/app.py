@@ -17,6 +17,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from jobs.config import JobSettings
+from jobs.runner import Jobs
 from sync import capture
 from sync.cursor import CursorCodec
 from sync.errors import SyncError
@@ -26,11 +28,7 @@ from sync.schema import Registry
 from sync.shared_pulls import SharedPulls
 from sync.storage import Database
 
-from jobs.config import JobSettings
-from jobs.runner import Jobs
-
 from . import admin, device_health, http, metrics, plugin, ws
-from . import documents
 from .fanout import Fanout, Notice, fanout_for
 from .live import Hub
 from .auth import TokenService, switched_off
@@ -93,9 +91,9 @@ def build_services(settings: Settings, domain: Domain | None = None) -> Services
     db = Database(settings.database_url)
     if settings.metrics:
         instrument_database(db)
-    jobs = Jobs(JobSettings.for_server(settings)) if domain.bundled_jobs else None
-    # with the jobs' sink, handlers enqueue after commit
-    registry = jobs.registry if jobs is not None else domain.registry(None)
+    # fieldsync's own tasks and the domain's; with its sink, handlers enqueue after commit
+    jobs = Jobs(JobSettings.for_server(settings), domain.registry, domain.jobs)
+    registry = jobs.registry
     reader = Reader(db, registry, CursorCodec(settings.jwt_secret),
                     default_limit=settings.pull_limit, max_limit=settings.pull_max_limit)
     fanout = fanout_for(settings.redis_url, db, prefix=settings.redis_prefix, poll_interval=settings.poll_interval)
@@ -119,10 +117,11 @@ class App(Starlette):
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Starlette:
     settings = settings or Settings.from_env()
+    domain = services.domain if services is not None else plugin.load(settings.domain)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        built = services or build_services(settings)
+        built = services or build_services(settings, domain)
         app.state.services = built
         built.hub.on_revoke(ws.close_revoked, functools.partial(switched_off, built.db, built.domain.inactive_users))
         built.hub.on_rescope(ws.rescope)
@@ -144,12 +143,12 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         Route("/", http.index, methods=["GET"]),
         Route("/healthz", http.healthz, methods=["GET"]),
         Route("/readyz", http.readyz, methods=["GET"]),
-        Route("/documents/{id}", documents.fetch, methods=["GET"]),
         Route("/metrics", http.metrics_endpoint, methods=["GET"]),
         Route("/admin/devices", device_health.list_devices, methods=["GET"]),
         Route("/admin/devices/{client_id}/revoke", admin.revoke, methods=["POST"]),
         Route("/admin/devices/{client_id}/enrol", admin.enrol, methods=["POST"]),
         Route("/admin/{table}", admin.write, methods=["POST"]),
+        *domain.routes,
     ]
     app = App(
         routes=routes,

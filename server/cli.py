@@ -45,9 +45,22 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[Settings, argparse.Namespace], int]]]:
-    from .admin import WRITABLE
+def _importable() -> dict[str, Any]:
+    """The back-office tables of the domain FIELDSYNC_DOMAIN names, for ``import --help``
+    (none when it cannot be loaded: the command then says why)."""
+    import os
 
+    from . import plugin
+    from .config import DEFAULT_DOMAIN
+
+    try:
+        return dict(plugin.load(os.environ.get("FIELDSYNC_DOMAIN") or DEFAULT_DOMAIN).writable)
+    except ValueError:
+        return {}
+
+
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[Settings, argparse.Namespace], int]]]:
+    writable = _importable()
     parser = argparse.ArgumentParser(prog="fieldsync", description="Offline-first sync server. Settings come from "
                                      "FIELDSYNC_* variables (README, Configuration).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,16 +85,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[Settings, ar
         "import", help="upsert rows of a table from a CSV file",
         epilog="CSV with a header line naming columns; an empty cell is null; yes/no columns read "
                "1/0, true/false, yes/no, y/n, t/f. Importable tables and columns: "
-               + "; ".join(f"{name} ({', '.join(columns)})" for name, (_, columns) in WRITABLE.items()))
-    load.add_argument("table", choices=list(WRITABLE), metavar="table", help=", ".join(WRITABLE))
+               + "; ".join(f"{name} ({', '.join(w.columns)})" for name, w in writable.items()))
+    load.add_argument("table", choices=list(writable), metavar="table", help=", ".join(writable))
     load.add_argument("file", type=Path, help="the CSV file")
-    load.add_argument("--tenant", default="demo", help="the tenant's slug")
+    load.add_argument("--tenant", default="demo", help="the tenant's slug, or its number")
     load.add_argument("--batch", type=int, default=1000, help="rows per transaction (each one reaches devices whole)")
     health = commands.add_parser("devices", help="device sync health: lag, last seen, errors (most behind first)")
-    health.add_argument("--tenant", default="demo", help="the tenant's slug")
+    health.add_argument("--tenant", default="demo", help="the tenant's slug, or its number")
     health.add_argument("--behind", default=None, help="only devices lagging at least this long: 30m, 1h, 2d")
     health.add_argument("--json", action="store_true", help="print JSON (as GET /admin/devices) instead of a table")
-    from jobs.cli import add_commands  # worker, jobs failed|retry, compact
+    from .jobs_cli import add_commands  # worker, jobs failed|retry, compact
 
     job_commands = add_commands(commands)
     from .simulate import add_command as add_simulate  # simulate: devices against a running server
@@ -197,9 +210,12 @@ def cmd_devices(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     now = int(time.time() * 1000)
 
+    directory = _served_domain(settings).directory
+
     async def work(db: Database):
-        tenant_id = await tenant_id_of(db, args.tenant)
-        return None if tenant_id is None else await device_health(db, tenant_id, behind=behind, now=now)
+        tenant_id = await tenant_id_of(db, args.tenant, directory)
+        return None if tenant_id is None else await device_health(db, tenant_id, behind=behind, now=now,
+                                                                  directory=directory)
 
     found = _with_db(settings, work)
     if found is None:
@@ -269,17 +285,18 @@ def _this_command() -> str:
 def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .admin import WRITABLE, apply, check_rows
-    from .domain.registry import build_registry
-    from .domain.tables import tenants
+    from .admin import apply, check_rows
+    from .device_health import tenant_id_of
 
-    if args.table not in WRITABLE:
-        print(f"unknown table {args.table!r}; importable: {', '.join(WRITABLE)}", file=sys.stderr)
+    domain = _served_domain(settings)
+    writable = domain.writable.get(args.table)
+    if writable is None:
+        print(f"unknown table {args.table!r}; importable: {', '.join(domain.writable) or 'none'}", file=sys.stderr)
         return 1
-    table, _ = WRITABLE[args.table]
+    table = writable.table
     try:
         with args.file.open(newline="") as handle:
-            rows = check_rows(args.table, [_typed_row(table, row, line)
+            rows = check_rows(writable, [_typed_row(table, row, line)
                                            for line, row in enumerate(csv.DictReader(handle), start=2)],
                               label="line", first=2)  # line 1 is the header
     except (OSError, ValueError, BadRequest) as exc:
@@ -287,17 +304,16 @@ def cmd_import(settings: Settings, args: argparse.Namespace) -> int:
         return 1
 
     async def work(db: Database) -> int:
-        registry = build_registry()
-        async with db.read() as conn:
-            tenant_id = await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == args.tenant))
+        registry = domain.registry(None)
+        tenant_id = await tenant_id_of(db, args.tenant, domain.directory)
         if tenant_id is None:
             raise SystemExit(f"no tenant {args.tenant!r}")
         with tqdm(total=len(rows), unit="row", desc=f"import {args.table}") as bar:
             for start in range(0, len(rows), args.batch):
                 chunk = rows[start:start + args.batch]
-                await apply(db, registry, tenant_id, args.table, chunk, [], label="line", first=start + 2)
+                await apply(db, registry, tenant_id, writable, chunk, [], label="line", first=start + 2)
                 bar.update(len(chunk))
-        await db.analyze([WRITABLE[args.table][0]])
+        await db.analyze([table])
         return len(rows)
 
     try:

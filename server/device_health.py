@@ -34,8 +34,8 @@ from sync.errors import AuthError, BadRequest, ErrorCode
 from sync.schema import Principal
 from sync.storage import Database, change_log, devices, log_head
 
-from .domain.tables import tenants, users
 from .http import authenticate
+from .plugin import Directory, User
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _MAX_DURATION = 100 * 365 * 86_400  # a century: any longer is a typo, and may not be finite
@@ -78,9 +78,10 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-async def device_health(db: Database, tenant_id: int, *, behind: float | None = None,
-                        now: int | None = None) -> tuple[int, list[DeviceHealth]]:
-    """``(log head, devices)`` of a tenant, most lagging first.
+async def device_health(db: Database, tenant_id: int, *, behind: float | None = None, now: int | None = None,
+                        directory: Directory | None = None) -> tuple[int, list[DeviceHealth]]:
+    """``(log head, devices)`` of a tenant, most lagging first; each with its user's name
+    and role when the domain has a ``directory``.
 
     ``behind`` (seconds) keeps the devices whose known lag is at least that long; revoked
     devices and devices of unknown lag are left out of such a filter. Devices of unknown lag
@@ -95,16 +96,12 @@ async def device_health(db: Database, tenant_id: int, *, behind: float | None = 
         .correlate(devices)
         .scalar_subquery()
     )
-    query = (
-        sa.select(devices, users.c.username, users.c.role, first_unacked_at.label("first_unacked_at"))
-        .select_from(devices.outerjoin(users, sa.and_(users.c.id == devices.c.user_id,
-                                                      users.c.tenant_id == devices.c.tenant_id)))
-        .where(devices.c.tenant_id == tenant_id)
-    )
+    query = sa.select(devices, first_unacked_at.label("first_unacked_at")).where(devices.c.tenant_id == tenant_id)
     async with db.read() as conn:
         head = await conn.scalar(sa.select(log_head.c.seq).where(log_head.c.tenant_id == tenant_id)) or 0
         rows = (await conn.execute(query)).all()
-    found = [_health(row, head, now) for row in rows]
+    people = await directory.users(db, tenant_id, sorted({r.user_id for r in rows})) if directory and rows else {}
+    found = [_health(row, head, now, people.get(row.user_id)) for row in rows]
     if behind is not None:
         found = [d for d in found if not d.revoked and d.behind_seconds is not None and d.behind_seconds >= behind]
     found.sort(key=lambda d: (d.behind_seconds is None, -(d.behind_seconds or 0), -(d.behind_positions or 0),
@@ -112,14 +109,14 @@ async def device_health(db: Database, tenant_id: int, *, behind: float | None = 
     return head, found
 
 
-def _health(row: Any, head: int, now: int) -> DeviceHealth:
+def _health(row: Any, head: int, now: int, user: User | None) -> DeviceHealth:
     if row.acked_seq is None:
         positions, seconds = None, None
     else:
         positions = max(0, head - row.acked_seq)
         seconds = 0.0 if row.first_unacked_at is None else max(0.0, (now - row.first_unacked_at) / 1000)
     return DeviceHealth(
-        client_id=row.client_id, user_id=row.user_id, user=row.username, role=row.role,
+        client_id=row.client_id, user_id=row.user_id, user=user and user.name, role=user and user.role,
         first_seen=row.first_seen, last_seen=row.last_seen, acked_seq=row.acked_seq,
         behind_positions=positions, behind_seconds=None if seconds is None else round(seconds, 3),
         last_mutation_id=row.last_mutation_id, app_version=row.app_version, last_error=row.last_error,
@@ -127,9 +124,13 @@ def _health(row: Any, head: int, now: int) -> DeviceHealth:
     )
 
 
-async def tenant_id_of(db: Database, slug: str) -> int | None:
-    async with db.read() as conn:
-        return await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == slug))
+async def tenant_id_of(db: Database, name: str, directory: Directory | None) -> int | None:
+    """``fieldsync devices --tenant``: a slug the domain's directory knows, or a number."""
+    if directory is not None:
+        found = await directory.tenant(db, name)
+        if found is not None:
+            return found
+    return int(name) if name.isdigit() else None
 
 
 # -- GET /admin/devices -----------------------------------------------------------------------
@@ -143,7 +144,9 @@ async def list_devices(request: Request) -> Response:
     raw = request.query_params.get("behind")
     behind = parse_duration(raw) if raw else None
     now = int(time.time() * 1000)
-    head, found = await device_health(request.app.state.services.db, principal.tenant_id, behind=behind, now=now)
+    services = request.app.state.services
+    head, found = await device_health(services.db, principal.tenant_id, behind=behind, now=now,
+                                      directory=services.domain.directory)
     return JSONResponse({"tenant_id": principal.tenant_id, "head": head, "now": now, "behind": behind,
                          "devices": [d.as_json() for d in found]})
 

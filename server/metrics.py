@@ -1,4 +1,5 @@
-"""Every Prometheus metric fieldsync exports, defined here and nowhere else.
+"""Every Prometheus metric fieldsync exports: defined here, except the job runner's
+(jobs/metrics.py, below the server), which are listed here too.
 
 Several processes: with ``PROMETHEUS_MULTIPROC_DIR`` set (see docs/operations.md), every ``web``
 process and the worker write their samples there and any one ``/metrics`` serves the sum;
@@ -15,6 +16,11 @@ from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
+
+from jobs.metrics import (  # noqa: F401  (listed with the others)
+    COMPACTION_REMOVED, COMPACTION_RUNS, JOBS_ENQUEUED, JOBS_FAILED, JOBS_GIVEN_UP, JOBS_QUEUE, JOBS_RETRIED,
+    JOBS_RUN, LOG_ENTRIES,
+)
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -49,9 +55,6 @@ COMMIT_TO_DEVICE = Histogram("fieldsync_commit_to_device_seconds",
 DEVICE_LAG = Histogram("fieldsync_device_lag_positions",
                        "How many log positions behind the head a device's acknowledged cursor is.",
                        buckets=POSITIONS)
-LOG_ENTRIES = _gauge("fieldsync_change_log_entries", "Entries in the change log (all tenants).", mode="max")
-COMPACTION_RUNS = Counter("fieldsync_compaction_runs_total", "Change-log compaction runs.")
-COMPACTION_REMOVED = Counter("fieldsync_compaction_removed_total", "Change-log entries removed by compaction.")
 PUBLISHED = Counter("fieldsync_pubsub_published_total", "Change notices published.")
 RECEIVED = Counter("fieldsync_pubsub_received_total", "Change notices received.")
 FALLBACK = _gauge("fieldsync_fanout_fallback", "1 while live delivery polls the log because Redis is away.",
@@ -60,12 +63,6 @@ SHARED_PULLS = Counter("fieldsync_shared_pulls_total",
                        "Catch-up batches computed, or shared with a device at the same cursor.", ("outcome",))
 LIVE_ROUNDS = Histogram("fieldsync_live_round_seconds", "Time to build and queue one wake-up's frames.",
                         buckets=LATENCY)
-JOBS_ENQUEUED = Counter("fieldsync_jobs_enqueued_total", "Jobs enqueued.", ("task",))
-JOBS_RUN = Counter("fieldsync_jobs_run_total", "Jobs run to completion.", ("task",))
-JOBS_FAILED = Counter("fieldsync_jobs_failed_total", "Job attempts that failed.", ("task",))
-JOBS_RETRIED = Counter("fieldsync_jobs_retried_total", "Job attempts scheduled for retry.", ("task",))
-JOBS_GIVEN_UP = Counter("fieldsync_jobs_given_up_total", "Jobs that ran out of retries (recorded).", ("task",))
-JOBS_QUEUE = _gauge("fieldsync_jobs_queue_depth", "Jobs waiting in the queue.", mode="max")
 DB_IN_USE = _gauge("fieldsync_db_pool_in_use", "Database connections checked out.")
 DB_WAIT = Histogram("fieldsync_db_acquire_seconds", "Time to get a database connection from the pool.",
                     buckets=LATENCY)

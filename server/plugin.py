@@ -4,22 +4,25 @@ The generic server takes from a :class:`Domain` what it needs to sync someone's 
 the registry (synced tables, datasets with their roles and scopes, mutations), how a
 token's claims become a :class:`sync.schema.Principal` (claims alone, or a lookup in the
 company's own users table), and which users are switched off. The bundled field-sales/POS
-domain (``server.domain:domain``) is one such object; a company's own is another, e.g.
+domain (``server.domain.plugin:domain``) is one such object; a company's own is another, e.g.
 ``FIELDSYNC_DOMAIN=acme_sync.domain:domain``.
 
-Not yet behind this seam (issue 11, item 2): the back-office write API, the background
-jobs and the migrations, which still serve the bundled domain only.
+It also carries the domain's migrations (its own tables, if fieldsync is to create them),
+its background tasks (a :class:`jobs.runner.JobPlugin`), the tables its back office
+writes with their checks, its directory of users and tenants, and endpoints of its own.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+from starlette.routing import BaseRoute
 
+from jobs.runner import JobPlugin
 from sync.errors import AuthError, ErrorCode
 from sync.schema import SINGLE_TENANT, Principal, Registry
 from sync.storage import Database
@@ -36,17 +39,52 @@ async def _nobody_inactive(db: Database, tenant_id: int, user_ids: list[int]) ->
 
 
 @dataclass(frozen=True)
+class Writable:
+    """A table the back office writes (``POST /admin/{name}``, ``fieldsync import``)."""
+
+    table: sa.Table
+    columns: tuple[str, ...]  # those a batch may set; the tenant column is the caller's
+    key: str = "id"
+    #: A rule of the domain's over one row: the refusal's text, or None.
+    check: Callable[[dict[str, Any]], str | None] | None = None
+    #: A write may change who sees what (a user's branch or role): live sessions re-read
+    #: their principal, and a switched-off user's close.
+    rescope: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    name: str | None
+    role: str | None
+    active: bool
+
+
+@dataclass(frozen=True)
+class Directory:
+    """The company's people and tenants, as the admin endpoints show and check them. A
+    claims-only domain has none: any user id is taken at its word, tenants by number."""
+
+    users: Callable[[Database, int, list[int]], Awaitable[dict[int, User]]]
+    tenant: Callable[[Database, str], Awaitable[int | None]]  # a slug (`fieldsync devices --tenant`)
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     registry: RegistryFactory
     principal: PrincipalResolver
     roles: tuple[str, ...]
     inactive_users: InactiveUsers = _nobody_inactive
-    bundled_jobs: bool = False  # the field-sales jobs (invoices, notices, dashboards) apply
+    #: Its background tasks, registered beside fieldsync's own (compaction, hot pages, sweep).
+    jobs: JobPlugin | None = None
     #: An Alembic script directory creating the domain's own tables (None: the tables are
     #: the company's, made by someone else), and their metadata for autogenerate.
     migrations: str | None = None
     metadata: sa.MetaData | None = None
+    writable: Mapping[str, Writable] = field(default_factory=dict)
+    directory: Directory | None = None
+    #: Endpoints of its own, beside the generic ones (the bundled domain: its PDF files).
+    routes: tuple[BaseRoute, ...] = ()
 
 
 def claims_only(roles: tuple[str, ...]) -> PrincipalResolver:

@@ -162,6 +162,24 @@ revoked_tokens = sa.Table(
 )
 
 
+# Background jobs that ran out of retries (jobs/failures.py), whatever domain they belong to:
+# listed by `fieldsync jobs failed`, run again by `fieldsync jobs retry`.
+jobs_failed = sa.Table(
+    "jobs_failed",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("task", sa.String(60), nullable=False),
+    sa.Column("task_id", sa.String(40), nullable=False),
+    sa.Column("tenant_id", sa.Integer),
+    sa.Column("args", sa.JSON, nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("failed_at", sa.BigInteger, nullable=False),
+    sa.Column("retried_at", sa.BigInteger),  # set by `fieldsync jobs retry`
+    sa.Index("ix_jobs_failed_at", "failed_at"),
+)
+
+
 def async_url(url: str) -> str:
     """Pick the async driver for a plain ``sqlite://`` or ``postgresql://`` URL."""
     for plain, driver in (("sqlite://", "sqlite+aiosqlite://"), ("postgresql://", "postgresql+asyncpg://"),

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from server.admin import apply
 from server.app import Services
+from server.domain.backoffice import WRITABLE
 from server.domain.tables import (
     branches, customers, pricelists, prices, products, stock, tenants, users,
 )
@@ -82,3 +84,8 @@ async def seed(services: Services, *, products_count: int = 20) -> World:
 
 def token(services: Services, user_id: int, role: str, tenant_id: int = 1, ttl: int | None = None) -> str:
     return services.tokens.issue(user_id=user_id, tenant_id=tenant_id, role=role, ttl=ttl)
+
+
+async def admin_write(db, registry, tenant_id: int, table: str, upsert: list, delete: list) -> dict[str, int]:
+    """A back-office batch to the bundled domain's ``table``, as ``POST /admin/{table}`` applies it."""
+    return await apply(db, registry, tenant_id, WRITABLE[table], upsert, delete)

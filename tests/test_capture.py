@@ -196,13 +196,13 @@ async def test_live_devices_hear_of_plain_sql_writes_without_the_safety_poll(ser
 async def test_fieldsync_writes_are_not_announced_twice(services):
     """Its own commits reach the fan-out from the code (with position and buckets); the
     trigger's NOTIFY is for other programs only."""
-    from server.admin import apply
+    from .support import admin_write
 
     w = await seed(services, products_count=5)
     heard: list = []
     async with watching(services, lambda *notice: heard.append(notice)):
         await asyncio.sleep(0.2)
-        await apply(services.db, services.registry, w.tenant_id, "products", [{"id": 1, "name": "ours"}], [])
+        await admin_write(services.db, services.registry, w.tenant_id, "products", [{"id": 1, "name": "ours"}], [])
         await asyncio.sleep(0.3)
     assert heard == []
 
@@ -273,7 +273,7 @@ async def test_copy_into_a_synced_table_is_captured(services, client):
 async def test_another_fieldsync_process_such_as_an_import_is_heard_at_once(services):
     """`fieldsync import` commits from its own process, which has no fan-out: its commits
     are announced by the capture (PostgreSQL NOTIFY) or seen in the log head (SQLite)."""
-    from server.admin import apply
+    from .support import admin_write
     from sync.storage import Database
 
     w = await seed(services, products_count=5)
@@ -282,7 +282,7 @@ async def test_another_fieldsync_process_such_as_an_import_is_heard_at_once(serv
     try:
         async with watching(services, lambda tenant, seq, buckets: heard.put_nowait((tenant, seq))):
             await asyncio.sleep(0.2)
-            await apply(importer, services.registry, w.tenant_id, "products", [{"id": 2, "name": "imported"}], [])
+            await admin_write(importer, services.registry, w.tenant_id, "products", [{"id": 2, "name": "imported"}], [])
             tenant, seq = await asyncio.wait_for(heard.get(), 5)
     finally:
         await importer.dispose()

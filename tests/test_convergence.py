@@ -21,14 +21,13 @@ from hypothesis import HealthCheck, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from fieldsync_client import HttpSync
-from server.admin import apply as admin_write
 from server.app import build_services, create_app
 from server.config import Settings
 from server.domain.tables import orders, sales
 from server.migrations import upgrade
 
 from .conftest import _reset_pg
-from .support import seed, token
+from .support import admin_write, seed, token
 
 PRODUCTS = 12
 DEVICES = [("sales1", 11, "salesperson"), ("sales2", 12, "salesperson"), ("pos1", 21, "pos")]

@@ -31,12 +31,12 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, Phase, event, given, settings, strategies as st
 
-from server.admin import WRITABLE
-from server.domain import tables  # noqa: F401  (domain tables join the metadata)
+from server.domain.backoffice import WRITABLE
+from server.domain import tables
 from server.domain.mutations import EDITABLE_CUSTOMER_FIELDS
 from server.domain.reports import KINDS
 from sync.errors import ErrorCode
-from sync.storage import metadata
+from sync.storage import metadata as fieldsync_tables
 
 from .live_support import Server, WsClient, WsClosed, close_all
 from .support import seed, token
@@ -300,14 +300,18 @@ def outcome_of(response: httpx.Response) -> str:
     return f"{response.status_code} {body['error']['code']}"
 
 
+#: fieldsync's tables and the bundled domain's, by name.
+TABLES = {**fieldsync_tables.tables, **tables.metadata.tables}
+
+
 async def fingerprint(services) -> tuple:
     """Row counts of every table, and the small tables whole (log head, devices, tokens, counters)."""
-    names = [t.name for t in metadata.sorted_tables]
-    counts = sa.select(*(sa.select(sa.func.count()).select_from(metadata.tables[n]).scalar_subquery()
+    names = sorted(TABLES)
+    counts = sa.select(*(sa.select(sa.func.count()).select_from(TABLES[n]).scalar_subquery()
                          for n in names))
     async with services.db.read() as conn:
         row = (await conn.execute(counts)).one()
-        small = [sorted(map(tuple, (await conn.execute(sa.select(metadata.tables[n]))).all()), key=repr)
+        small = [sorted(map(tuple, (await conn.execute(sa.select(TABLES[n]))).all()), key=repr)
                  for n in WHOLE_TABLES]
     return tuple(zip(names, row)), small
 
@@ -315,7 +319,7 @@ async def fingerprint(services) -> tuple:
 async def domain_rows(services) -> dict[str, list]:
     out = {}
     async with services.db.read() as conn:
-        for table in metadata.sorted_tables:
+        for table in tables.metadata.sorted_tables:
             if table.name not in ENGINE_TABLES:
                 rows = (await conn.execute(sa.select(table))).all()
                 out[table.name] = sorted(map(tuple, rows), key=repr)
@@ -429,7 +433,7 @@ ROW_IDS = {"users": st.sampled_from([12, 41, 100, 101]) | st.integers(200, 210),
 def admin_rows(table: str) -> st.SearchStrategy[list]:
     from sync.schema import wire_type
 
-    sa_table, allowed = WRITABLE[table]
+    sa_table, allowed = WRITABLE[table].table, WRITABLE[table].columns
     columns = {c: field(COLUMN_VALUES[wire_type(sa_table.c[c])], json_values) for c in allowed if c != "id"}
     columns["id"] = field(ROW_IDS.get(table, st.integers(0, 25) | json_ints), json_values)
     unknown = st.sampled_from(["tenant_id", "version", "nope", "\x00"])

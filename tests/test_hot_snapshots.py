@@ -10,11 +10,10 @@ import uuid
 import sqlalchemy as sa
 
 from fieldsync_client import HttpSync
-from server.admin import apply as admin_write
 from sync import hot
 from sync.storage import hot_pages, log_head
 
-from .support import seed, token
+from .support import admin_write, seed, token
 
 
 def device(services, client, user_id: int, role: str) -> HttpSync:

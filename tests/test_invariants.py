@@ -9,12 +9,11 @@ import pytest
 import sqlalchemy as sa
 
 from fieldsync_client import HttpSync
-from server.admin import apply as admin_write
 from server.domain.tables import customers, orders, stock
 from sync.changes import now_ms, write_changes
 from sync.storage import log_head
 
-from .support import DAY, seed, token
+from .support import DAY, admin_write, seed, token
 
 
 def device(services, client, user_id: int, role: str = "salesperson", name: str | None = None) -> HttpSync:

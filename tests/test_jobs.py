@@ -13,20 +13,19 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from jobs import cli as jobs_cli
-from jobs import dashboards as dashboard_jobs
-from jobs import invoices as invoice_jobs
-from server.admin import apply as admin_write
+from server import jobs_cli
 from server.app import Services, build_services, create_app
-from server.domain.job_tables import document_files, jobs_failed, notices
+from server.domain.background import dashboards as dashboard_jobs
+from server.domain.background import invoices as invoice_jobs
+from server.domain.job_tables import document_files, notices
 from server.domain.tables import dashboards, invoices, orders
 from server.migrations import upgrade
 from sync.changes import write_changes
-from sync.storage import change_log
+from sync.storage import change_log, jobs_failed
 
 from .conftest import _reset_pg
 from .jobs_support import RefusingSmtp, device, fetch, order, pdf_text, rows, sale
-from .support import seed
+from .support import admin_write, seed
 
 
 @pytest.fixture
@@ -91,13 +90,13 @@ async def test_running_an_invoice_job_again_changes_nothing(services, client):
     await s1.push([order(s1)])
     [invoice] = await rows(services, invoices)
     entries = len(await rows(services, change_log))
-    outcome = await asyncio.to_thread(services.jobs.tasks.invoice_render.call_local, 1, invoice["id"])
+    outcome = await asyncio.to_thread(services.jobs.named["invoice_render"].call_local, 1, invoice["id"])
     assert outcome == "already"
     assert len(await rows(services, change_log)) == entries, "an idle re-run logs nothing"
     async with write_changes(services.db, services.registry, 1) as changes:  # as if the first run died
         await changes.conn.execute(sa.update(invoices).values(status="pending"))  # after storing, before the row
     entries = len(await rows(services, change_log))  # (captured too: every writer's change is)
-    assert await asyncio.to_thread(services.jobs.tasks.invoice_render.call_local, 1, invoice["id"]) == "made"
+    assert await asyncio.to_thread(services.jobs.named["invoice_render"].call_local, 1, invoice["id"]) == "made"
     assert len(await rows(services, document_files)) == 1
     assert len(await rows(services, change_log)) == entries + 2  # the row went ready once more (its 2 buckets)
 
@@ -116,7 +115,7 @@ async def test_order_confirmation_goes_to_the_file_sink_once(services, client, t
     message = email.message_from_bytes(mail.read_bytes())
     assert message["To"] == "buyer@example.com" and first["result"]["number"] in message.get_payload()
     assert message["Message-ID"].strip() == f"<t1-order-confirmation_{first['result']['order_id']}@fieldsync>"
-    assert await asyncio.to_thread(services.jobs.tasks.notice_deliver.call_local, 1, key) == "sent"
+    assert await asyncio.to_thread(services.jobs.named["notice_deliver"].call_local, 1, key) == "sent"
     assert len(list((tmp_path / "outbox").glob("*.eml"))) == 1
     assert (await rows(services, notices, notices.c.id == key))[0]["attempts"] == 1
 

@@ -9,15 +9,14 @@ import asyncio
 
 import sqlalchemy as sa
 
-from jobs import cli as jobs_cli
-from server.admin import apply as admin_write
+from server import jobs_cli
 from server.domain.tables import products
 from sync import compaction
 from sync.changes import now_ms, write_changes
 from sync.storage import change_log, log_head
 
 from .jobs_support import device
-from .support import seed
+from .support import admin_write, seed
 
 
 async def server_view(services, client, user_id: int, role: str = "salesperson") -> dict:

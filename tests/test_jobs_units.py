@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from huey import MemoryHuey
 
 from jobs.config import JobSettings
-from jobs.notices import SmtpTransport
-from jobs.pdf import Sheet, latin1, render
 from jobs.runner import Jobs, build_huey
 from jobs.serializer import MsgpackSerializer
+from server.domain.background.notices import SmtpTransport
+from server.domain.background.pdf import Sheet, latin1, render
 from server.domain.invoices import format_money
+from server.domain.plugin import domain
 from server.domain.tables import dashboards
 
 from .jobs_support import pdf_text
@@ -94,7 +95,8 @@ async def test_a_burst_of_landings_schedules_one_dashboard_refresh(services):
     await seed(services)
     settings = JobSettings(database_url=services.settings.database_url, redis_url=None,
                            data_dir=str(services.settings.data_dir), dashboard_debounce=5)
-    jobs = Jobs(settings, huey=MemoryHuey("burst", results=False, serializer=MsgpackSerializer()))
+    jobs = Jobs(settings, domain.registry, domain.jobs,
+                huey=MemoryHuey("burst", results=False, serializer=MsgpackSerializer()))
     for _ in range(300):  # a POS terminal replaying a morning of sales
         jobs.sink.dashboards(1, ["branch:2"])
     assert jobs.huey.pending_count() == 1

@@ -16,17 +16,17 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
-from server.admin import apply as admin_write
 from server.app import Services, build_services
-from server.domain.job_tables import document_files, jobs_failed, notices
+from server.domain.job_tables import document_files, notices
 from server.domain.tables import invoices
 from server.migrations import upgrade
+from sync.storage import jobs_failed
 
 from .conftest import _reset_pg
 from .jobs_support import (
     ROOT, RefusingSmtp, WorkerProcess, device, drop_queue, fetch, order, pdf_text, require_redis, rows,
 )
-from .support import seed
+from .support import admin_write, seed
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 

@@ -17,14 +17,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from jobs import dashboards as dashboard_jobs
 from server.app import Services
-from server.domain.job_tables import document_files, documents, jobs_failed, notices
+from server.domain.background import dashboards as dashboard_jobs
+from server.domain.job_tables import document_files, documents, notices
 from server.domain.tables import (
     branches, customers, dashboards, invoices, orders, payments, pricelists, prices, products, sales, stock,
     tenants, users, visits,
 )
 from sync.changes import now_ms, write_changes
+from sync.storage import jobs_failed
 
 from .jobs_support import device, fetch, pdf_text, rows
 from .support import DAY, World, seed, token

@@ -536,16 +536,16 @@ async def test_writes_of_another_process_reach_live_devices_by_the_log_poll(serv
     """No notice comes from a write made by another process on the same database
     (``fieldsync import``, a worker with no Redis): the server's slow poll of the log heads
     finds it, and a user deactivated that way loses its session."""
-    from server.admin import apply
+    from .support import admin_write
 
     server = await launch(FIELDSYNC_POLL_INTERVAL="0.1")  # the poll runs every 15 intervals: 1.5 s
     pos = token(services, world.pos1, "pos")
     copy = Replica()
     till = await connect_device(server.ws_url, pos, "till-polled", copy)
-    await apply(services.db, services.registry, world.tenant_id, "products", [{"id": 1, "name": "Imported"}], [])
+    await admin_write(services.db, services.registry, world.tenant_id, "products", [{"id": 1, "name": "Imported"}], [])
     await till.recv_until(lambda f: changes_with(f, "catalog", 1) and copy.rows("catalog")[1]["name"] == "Imported",
                           5.0, copy)
-    await apply(services.db, services.registry, world.tenant_id, "users", [{"id": world.pos1, "active": False}], [])
+    await admin_write(services.db, services.registry, world.tenant_id, "users", [{"id": world.pos1, "active": False}], [])
     closed = await till.closed(timeout=5)
     assert closed.code == ErrorCode.REVOKED.close, closed
 

@@ -1,5 +1,6 @@
 """Tables the background jobs write: requested documents (synced), stored PDF files,
-the notice outbox and the record of jobs that ran out of retries (not synced).
+and the notice outbox (not synced). The record of jobs that ran out of retries is
+fieldsync's own (``sync.storage.jobs_failed``).
 
 Migrations: ``server/migrations/versions/0002_jobs.py``; keyed by ``(tenant_id, id)`` since
 ``0005_tenant_scoped_ids.py`` (their ids derive from device-made UUIDs, unique per tenant).
@@ -59,20 +60,6 @@ notices = sa.Table(
     sa.Column("sent_at", sa.BigInteger),
     sa.Index("ix_notices_status", "status", "created_at"),
     tenant_key("notices"),
-)
-
-jobs_failed = sa.Table(
-    "jobs_failed", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("task", sa.String(60), nullable=False),
-    sa.Column("task_id", sa.String(40), nullable=False),
-    sa.Column("tenant_id", sa.Integer),
-    sa.Column("args", sa.JSON, nullable=False),
-    sa.Column("error", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("failed_at", sa.BigInteger, nullable=False),
-    sa.Column("retried_at", sa.BigInteger),  # set by `fieldsync jobs retry`
-    sa.Index("ix_jobs_failed_at", "failed_at"),
 )
 
 # The sweep looks for invoices still pending: an index rather than a scan of every invoice.

@@ -1,5 +1,5 @@
 """Who a token names in the bundled domain: its ``users`` row (role, branch, pricelist,
-currency), and which users are switched off."""
+currency); which users are switched off; the directory the admin endpoints read."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sync.errors import AuthError, ErrorCode, RevokedError
 from sync.schema import Principal
 from sync.storage import Database
 
+from ..plugin import Directory, User
 from .tables import branches, tenants, users
 
 ROLES = ("salesperson", "pos", "admin")
@@ -41,3 +42,20 @@ async def inactive_users(db: Database, tenant_id: int, user_ids: list[int]) -> s
         return set((await conn.execute(sa.select(users.c.id).where(
             users.c.tenant_id == tenant_id, users.c.id.in_(user_ids), users.c.active.is_(False),
         ))).scalars())
+
+
+async def directory_users(db: Database, tenant_id: int, user_ids: list[int]) -> dict[int, User]:
+    """The tenant's users among ``user_ids``: what the device list shows, and whom a device
+    may be moved to."""
+    async with db.read() as conn:
+        rows = (await conn.execute(sa.select(users.c.id, users.c.username, users.c.role, users.c.active).where(
+            users.c.tenant_id == tenant_id, users.c.id.in_(user_ids)))).all()
+    return {row.id: User(row.username, row.role, row.active) for row in rows}
+
+
+async def tenant_of(db: Database, slug: str) -> int | None:
+    async with db.read() as conn:
+        return await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == slug))
+
+
+DIRECTORY = Directory(directory_users, tenant_of)

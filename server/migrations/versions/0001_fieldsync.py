@@ -1,5 +1,5 @@
 """fieldsync's own tables: the change log and its capture, devices, the mutation ledger,
-hot snapshot pages, revoked tokens. A company's tables are never touched here; the domain
+hot snapshot pages, revoked tokens, the jobs that ran out of retries. A company's tables are never touched here; the domain
 it serves migrates its own (``Domain.migrations``).
 
 Squashed from the single chain of releases before the domain became a plug-in (0001-0006,
@@ -131,9 +131,27 @@ def upgrade() -> None:
     sa.Column('expires_at', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('token_hash')
     )
+    op.create_table('jobs_failed',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('task', sa.String(length=60), nullable=False),
+    sa.Column('task_id', sa.String(length=40), nullable=False),
+    sa.Column('tenant_id', sa.Integer(), nullable=True),
+    sa.Column('args', sa.JSON(), nullable=False),
+    sa.Column('error', sa.Text(), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('failed_at', sa.BigInteger(), nullable=False),
+    sa.Column('retried_at', sa.BigInteger(), nullable=True),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('jobs_failed', schema=None) as batch_op:
+        batch_op.create_index('ix_jobs_failed_at', ['failed_at'], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('jobs_failed', schema=None) as batch_op:
+        batch_op.drop_index('ix_jobs_failed_at')
+
+    op.drop_table('jobs_failed')
     op.drop_table('revoked_tokens')
     with op.batch_alter_table('mutation_ledger', schema=None) as batch_op:
         batch_op.drop_index('ix_ledger_user')

@@ -1,6 +1,6 @@
 """The field-sales/POS domain's tables: tenants, branches, users, the catalog and prices,
 stock, customers, orders, sales, payments, visits, invoices, dashboards, the id counters
-and the background jobs' documents, files, notices and failures.
+and the background jobs' documents, files and notices.
 
 Squashed from the releases before the domain became a plug-in (0001-0006 of the single
 chain); ``server.migrations`` stamps a database migrated by that chain instead.
@@ -40,21 +40,6 @@ def upgrade() -> None:
     sa.Column('created_at', sa.BigInteger(), nullable=False),
     sa.PrimaryKeyConstraint('tenant_id', 'id', name='document_files_pkey')
     )
-    op.create_table('jobs_failed',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('task', sa.String(length=60), nullable=False),
-    sa.Column('task_id', sa.String(length=40), nullable=False),
-    sa.Column('tenant_id', sa.Integer(), nullable=True),
-    sa.Column('args', sa.JSON(), nullable=False),
-    sa.Column('error', sa.Text(), nullable=False),
-    sa.Column('attempts', sa.Integer(), nullable=False),
-    sa.Column('failed_at', sa.BigInteger(), nullable=False),
-    sa.Column('retried_at', sa.BigInteger(), nullable=True),
-    sa.PrimaryKeyConstraint('id')
-    )
-    with op.batch_alter_table('jobs_failed', schema=None) as batch_op:
-        batch_op.create_index('ix_jobs_failed_at', ['failed_at'], unique=False)
-
     op.create_table('notices',
     sa.Column('id', sa.String(length=80), nullable=False),
     sa.Column('tenant_id', sa.Integer(), nullable=False),
@@ -351,9 +336,5 @@ def downgrade() -> None:
         batch_op.drop_index('ix_notices_status')
 
     op.drop_table('notices')
-    with op.batch_alter_table('jobs_failed', schema=None) as batch_op:
-        batch_op.drop_index('ix_jobs_failed_at')
-
-    op.drop_table('jobs_failed')
     op.drop_table('document_files')
     op.drop_table('counters')

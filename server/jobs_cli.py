@@ -16,19 +16,32 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from server.config import Settings
-from server.startup import connect_or_explain
+from huey.api import PeriodicTask
+
+from jobs import failures
+from jobs.config import JobSettings
+from jobs.runner import Jobs
 from sync import compaction
 from sync.storage import Database
 
-from . import failures
-from .config import JobSettings
+from . import plugin
+from .config import Settings
+from .startup import StartupError, connect_or_explain
 
 log = logging.getLogger("fieldsync.jobs")
 
 
 def job_settings(settings: Settings) -> JobSettings:
     return JobSettings.for_server(settings)
+
+
+def served_jobs(settings: Settings) -> Jobs:
+    """The runner of the domain FIELDSYNC_DOMAIN names: fieldsync's tasks and its own."""
+    try:
+        domain = plugin.load(settings.domain)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    return Jobs(job_settings(settings), domain.registry, domain.jobs)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[Settings, argparse.Namespace], int]]:
@@ -50,9 +63,7 @@ def add_commands(commands: argparse._SubParsersAction) -> dict[str, Callable[[Se
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from .runner import Jobs
-
-    jobs = Jobs(job_settings(settings))
+    jobs = served_jobs(settings)
     if jobs.huey.immediate:
         print("FIELDSYNC_JOBS=immediate runs jobs where they are enqueued: no worker needed", file=sys.stderr)
         return 1
@@ -73,8 +84,8 @@ def _publisher(settings: Settings) -> Callable[[int, int, frozenset[str]], None]
     """Publish each job commit on the web processes' change channel, as they publish theirs."""
     import redis
 
-    from server import metrics
-    from server.fanout import Notice
+    from . import metrics
+    from .fanout import Notice
 
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
     channel = f"{settings.redis_prefix}:changes"
@@ -129,18 +140,17 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _retry(settings: Settings, failure_id: int) -> int:
-    from .runner import Jobs
-
-    jobs = Jobs(job_settings(settings))
+    jobs = served_jobs(settings)
     failure = jobs.run(lambda db: failures.take_for_retry(db, failure_id))
     if failure is None:
         print(f"no failed job {failure_id}", file=sys.stderr)
         return 1
-    task = getattr(jobs.tasks, failure.task, None)
-    if task is None or failure.task in ("dashboards_periodic", "compact_log", "sweep_pending"):
+    task = jobs.named.get(failure.task)
+    if task is None or issubclass(task.task_class, PeriodicTask):
         print(f"{failure.task} runs on its schedule; nothing to enqueue", file=sys.stderr)
         return 1
-    jobs.run(lambda db: failures.reopen(db, jobs.registry, failure))
+    if jobs.plugin is not None:
+        jobs.run(lambda db: jobs.plugin.reopen(db, jobs.registry, failure.task, failure.args))
     task(*failure.args)
     print(f"enqueued {failure.task} {json.dumps(failure.args)} again")
     return 0

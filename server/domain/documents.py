@@ -22,8 +22,8 @@ from sync.messages import check_text
 from sync.schema import Principal, Registry
 from sync.storage import Database
 
-from .domain.job_tables import document_files
-from .http import authenticate
+from ..http import authenticate
+from .job_tables import document_files
 
 
 def _not_found() -> Response:
