@@ -34,7 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .schema import SINGLE_TENANT, TENANT, BucketSpec, Registry, SyncedTable
+from .schema import SINGLE_TENANT, TENANT, BucketSpec, Registry, SyncedTable, key_parts
 from .storage import Database, capture_state, change_stage, log_head, now_ms
 
 log = logging.getLogger(__name__)
@@ -78,14 +78,23 @@ def bucket_sql(spec: BucketSpec, row: str, postgres: bool) -> str:
     return f"CASE WHEN {' AND '.join(terms)} THEN {bucket} END" if terms else bucket
 
 
+def key_sql(synced: SyncedTable, row: str, postgres: bool) -> str:
+    """The row's key as the change log holds it: a composite key as ``schema.encode_key``."""
+    parts = key_parts(synced.key)
+    if len(parts) == 1:
+        return _text(f"{row}.{parts[0]}", postgres)
+    escaped = [f"replace(replace({_text(f'{row}.{p}', postgres)}, '\\', '\\\\'), '|', '\\|')" for p in parts]
+    return " || '|' || ".join(escaped)
+
+
 def _tenant(synced: SyncedTable, row: str) -> str:
     return f"{row}.{TENANT}" if TENANT in synced.table.c else str(SINGLE_TENANT)
 
 
 def _check(synced: SyncedTable) -> None:
-    for column in (synced.key, *([TENANT] if TENANT in synced.table.c else [])):
-        if not isinstance(synced.table.c[column].type, (sa.Integer, sa.String)):
-            raise TypeError(f"{synced.table.name}.{column}: capture needs an integer or text column")
+    for column in (*key_parts(synced.key), *([TENANT] if TENANT in synced.table.c else [])):
+        if not isinstance(synced.table.c[column].type, (sa.Integer, sa.String, sa.Uuid)):
+            raise TypeError(f"{synced.table.name}.{column}: capture needs an integer, text or uuid column")
 
 
 # -- PostgreSQL ---------------------------------------------------------------------
@@ -131,7 +140,7 @@ def _pg_entries(synced: SyncedTable, specs: list[BucketSpec], rows: str) -> str:
     """The (tenant, bucket, key) of each row of one transition table in each spec's bucket."""
     row = rows[len("fieldsync_")]
     buckets = ", ".join(f"({bucket_sql(s, row, True)})" for s in specs)
-    return (f"SELECT {_tenant(synced, row)} AS tenant_id, b.bucket, {_text(f'{row}.{synced.key}', True)} AS key "
+    return (f"SELECT {_tenant(synced, row)} AS tenant_id, b.bucket, {key_sql(synced, row, True)} AS key "
             f"FROM {rows} {row} CROSS JOIN LATERAL (VALUES {buckets}) AS b(bucket) WHERE b.bucket IS NOT NULL")
 
 
@@ -175,21 +184,22 @@ def _pg_table(synced: SyncedTable, specs: list[BucketSpec]) -> list[str]:
 
 
 def _sqlite_table(synced: SyncedTable, specs: list[BucketSpec]) -> list[str]:
-    name, key = synced.table.name, synced.key
+    name = synced.table.name
     stage = "INSERT INTO change_stage (tenant_id, bucket, key, op)"
 
     def put(row: str) -> str:
         buckets = " UNION ALL ".join(f"SELECT {bucket_sql(s, row, False)} AS bucket" for s in specs)
-        return (f"{stage} SELECT {_tenant(synced, row)}, bucket, {_text(f'{row}.{key}', False)}, 1 "
+        return (f"{stage} SELECT {_tenant(synced, row)}, bucket, {key_sql(synced, row, False)}, 1 "
                 f"FROM ({buckets}) WHERE bucket IS NOT NULL;")
 
     moved = " UNION ALL ".join(f"SELECT {bucket_sql(s, 'OLD', False)} AS old, {bucket_sql(s, 'NEW', False)} AS new"
                                for s in specs)
-    remove_moved = (f"{stage} SELECT {_tenant(synced, 'OLD')}, old, {_text(f'OLD.{key}', False)}, 0 FROM ({moved}) "
-                    f"WHERE old IS NOT NULL AND (old IS NOT new OR OLD.{key} IS NOT NEW.{key}"
+    old_key, new_key = key_sql(synced, "OLD", False), key_sql(synced, "NEW", False)
+    remove_moved = (f"{stage} SELECT {_tenant(synced, 'OLD')}, old, {old_key}, 0 FROM ({moved}) "
+                    f"WHERE old IS NOT NULL AND (old IS NOT new OR {old_key} IS NOT {new_key}"
                     + (f" OR OLD.{TENANT} IS NOT NEW.{TENANT}" if TENANT in synced.table.c else "") + ");")
     removes = " UNION ALL ".join(f"SELECT {bucket_sql(s, 'OLD', False)} AS old" for s in specs)
-    remove = (f"{stage} SELECT {_tenant(synced, 'OLD')}, old, {_text(f'OLD.{key}', False)}, 0 FROM ({removes}) "
+    remove = (f"{stage} SELECT {_tenant(synced, 'OLD')}, old, {old_key}, 0 FROM ({removes}) "
               f"WHERE old IS NOT NULL;")
     bodies = {"insert": put("NEW"), "update": f"{remove_moved}\n  {put('NEW')}", "delete": remove}
     statements = []

@@ -110,9 +110,13 @@ class ChangeSet:
 
     def _synced(self, table: sa.Table) -> SyncedTable:
         try:
-            return self.registry.tables[table.name]
+            synced = self.registry.tables[table.name]
         except KeyError:
             raise TypeError(f"{table.name} is not a synced table") from None
+        if not isinstance(synced.key, str):
+            raise TypeError(f"{table.name} has a composite key: write it with SQL on `changes.conn` "
+                            "(the capture triggers log it as any write)")
+        return synced
 
     async def _old_rows(self, synced: SyncedTable, keys: list[Any]) -> dict[str, dict[str, Any]]:
         """Current rows by key, locked for update (PostgreSQL): what an update starts from

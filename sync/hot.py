@@ -96,9 +96,9 @@ async def _build_scope(db: Database, tenant_id: int, ds: Dataset, scope: Scope, 
         if built == seq:  # nothing was committed since the last build: its pages stand
             return 0
         rows = [list(r) for r in await conn.execute(
-            sa.select(*(ds.table.c[c] for c in ds.columns))
+            sa.select(*(ds.sql(c) for c in ds.columns))
             .where(tenant_clause(ds.table, tenant_id), scope.clause(ds.table, values, now_ms()))
-            .order_by(ds.table.c[ds.key]))]
+            .order_by(ds.sql(ds.key)))]
     pages = [rows[start:start + page_rows] for start in range(0, len(rows), page_rows)] or [[]]
     now = now_ms()
     async with db.write() as conn:

@@ -22,7 +22,7 @@ from .changes import now_ms
 from . import hot
 from .cursor import Cursor, CursorCodec
 from .messages import PROTOCOL_VERSION, DatasetBatch, PullResponse
-from .schema import Dataset, Principal, Registry, Scope, tenant_clause
+from .schema import KEY, Dataset, Principal, Registry, Scope, decode_key, tenant_clause, wire_type
 from .storage import Database, change_log, log_head
 
 _CHUNK = 500
@@ -181,9 +181,9 @@ class Reader:
                     tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now)))
             if isinstance(cursor.after, list):  # was paging pre-built pages: go on from its last key
                 cursor.after = cursor.after[0]
-            key = ds.table.c[ds.key]
+            key = ds.sql(ds.key)
             query = (
-                sa.select(*(ds.table.c[c] for c in ds.columns))
+                sa.select(*(ds.sql(c) for c in ds.columns))
                 .where(tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now))
                 .order_by(key)
                 .limit(want)
@@ -345,7 +345,17 @@ async def _hot_page(conn: AsyncConnection, tenant_id: int, ds: Dataset, scope: S
 
 
 def _typed(ds: Dataset, keys: list[str]) -> list[Any]:
+    """The change log's key texts as the key column's values (a composite key stays text)."""
     return [int(k) for k in keys] if ds.types[ds.columns.index(ds.key)] == "int" else keys
+
+
+def _key_in(ds: Dataset, keys: list[Any]) -> sa.ColumnElement[bool]:
+    """The rows of these keys; a composite key by its columns, so the table's index serves."""
+    if len(ds.key_parts) == 1:
+        return ds.table.c[ds.key].in_(keys)
+    columns = [ds.table.c[p] for p in ds.key_parts]
+    typed = [[int(v) if wire_type(c) == "int" else v for c, v in zip(columns, decode_key(k))] for k in keys]
+    return sa.tuple_(*columns).in_([tuple(t) for t in typed if len(t) == len(columns)])
 
 
 async def _current(conn: AsyncConnection, principal: Principal, ds: Dataset, keys: list[str],
@@ -373,11 +383,10 @@ async def _current(conn: AsyncConnection, principal: Principal, ds: Dataset, key
 
 async def _read_rows(conn: AsyncConnection, tenant_id: int, ds: Dataset, keys: list[Any],
                      names: list[str]) -> dict[Any, dict[str, Any]]:
-    key_col = ds.table.c[ds.key]
     found: dict[Any, dict[str, Any]] = {}
     for start in range(0, len(keys), _CHUNK):
-        query = sa.select(*(ds.table.c[c] for c in names)).where(
-            tenant_clause(ds.table, tenant_id), key_col.in_(keys[start:start + _CHUNK])
+        query = sa.select(*(ds.sql(c) for c in names)).where(
+            tenant_clause(ds.table, tenant_id), _key_in(ds, keys[start:start + _CHUNK])
         )
         for row in (await conn.execute(query)).mappings():
             found[row[ds.key]] = dict(row)
@@ -390,7 +399,7 @@ async def _shared_rows(conn: AsyncConnection, tenant_id: int, ds: Dataset, keys:
     table = ds.table.name
     missing = [k for k in keys if (table, str(k)) not in shared.rows]
     if missing:
-        found = await _read_rows(conn, tenant_id, ds, missing, [c.name for c in ds.table.c])
+        found = await _read_rows(conn, tenant_id, ds, missing, [*ds.table.c.keys(), *[KEY] * (ds.key == KEY)])
         for key in missing:
             shared.rows[(table, str(key))] = found.get(key)
     return {k: row for k in keys if (row := shared.rows[(table, str(k))]) is not None}
@@ -405,7 +414,7 @@ async def _aged_out(conn: AsyncConnection, principal: Principal, ds: Dataset, va
     column, width = scope.window
     stamp = ds.table.c[column]
     no_window = dataclasses.replace(scope, window=None)
-    query = sa.select(ds.table.c[ds.key]).where(
+    query = sa.select(ds.sql(ds.key)).where(
         tenant_clause(ds.table, principal.tenant_id),
         no_window.clause(ds.table, values, now),
         stamp >= since - width,

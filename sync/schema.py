@@ -118,6 +118,45 @@ def tenant_clause(table: sa.Table, tenant_id: int) -> sa.ColumnElement[bool]:
     return sa.true() if tenant_id == SINGLE_TENANT else sa.false()
 
 
+#: The wire column of a composite key: its parts as text, each ``\`` and ``|`` escaped, joined
+#: by ``|`` (``encode_key``). The capture triggers write the same text to the change log.
+KEY = "_key"
+
+
+def key_parts(key: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else tuple(key)
+
+
+def encode_key(values: Sequence[Any]) -> str:
+    return "|".join(str(v).replace("\\", "\\\\").replace("|", "\\|") for v in values)
+
+
+def decode_key(text: str) -> list[str]:
+    parts, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "|":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    return [*parts, "".join(current)]
+
+
+def key_text(table: sa.Table | sa.Alias, parts: Sequence[str]) -> sa.ColumnElement[str]:
+    """``encode_key`` in SQL, over a row of ``table``: the text the triggers log."""
+    texts = [sa.func.replace(sa.func.replace(sa.cast(table.c[p], sa.Text), "\\", "\\\\"), "|", "\\|")
+             for p in parts]
+    joined = texts[0]
+    for text in texts[1:]:
+        joined = joined.concat("|").concat(text)
+    return joined
+
+
 _WIRE_TYPES: list[tuple[type, str]] = [
     (sa.Boolean, "bool"),
     (sa.Integer, "int"),
@@ -125,6 +164,7 @@ _WIRE_TYPES: list[tuple[type, str]] = [
     (sa.JSON, "json"),
     (sa.LargeBinary, "bytes"),
     (sa.String, "str"),
+    (sa.Uuid, "str"),  # declare it ``sa.Uuid(as_uuid=False)``: the wire carries its text
 ]
 
 
@@ -140,31 +180,49 @@ def wire_type(column: sa.Column) -> str:
 
 @dataclass(frozen=True)
 class Dataset:
-    """One synced dataset: a table's columns, served to each role through its scope."""
+    """One synced dataset: a table's columns, served to each role through its scope.
+
+    ``key`` is a column, or a tuple of columns where the table's key is composite: the
+    dataset then carries one more column, ``_key`` (:data:`KEY`), their encoded text, which
+    devices key the rows by and deletes name.
+    """
 
     name: str
     table: sa.Table
     columns: tuple[str, ...]
     scopes: Mapping[str, Scope]
-    key: str = "id"
+    key: str | tuple[str, ...] = "id"
     priority: int = 100  # lower first in a snapshot: customers before a 100k-row catalog
     hot: bool = False  # shared by many devices: snapshot pages are pre-built (sync/hot.py)
+    key_parts: tuple[str, ...] = ()  # the key's columns (set from ``key``)
 
     def __post_init__(self) -> None:
-        missing = [c for c in (*self.columns, self.key) if c not in self.table.c]
-        if missing or self.key not in self.columns:
-            raise ValueError(f"dataset {self.name}: bad columns {missing or self.key}")
+        parts = self.key_parts or key_parts(self.key)
+        missing = [c for c in (*self.columns, *parts) if c != KEY and c not in self.table.c]
+        if missing or not set(parts) <= set(self.columns):
+            raise ValueError(f"dataset {self.name}: bad columns {missing or parts}")
+        object.__setattr__(self, "key_parts", parts)
+        if len(parts) > 1:  # frozen, so set once here: the wire key and the column carrying it
+            object.__setattr__(self, "key", KEY)
+            object.__setattr__(self, "columns", (*[c for c in self.columns if c != KEY], KEY))
+
+    def sql(self, column: str) -> sa.ColumnElement[Any]:
+        """The SQL of one of ``columns``: the table's column, or the composite key's text."""
+        if column == KEY and len(self.key_parts) > 1:
+            return key_text(self.table, self.key_parts).label(KEY)
+        return self.table.c[column]
 
     # Both are read on every pull: computed once (a dataset is immutable once declared).
     @functools.cached_property
     def types(self) -> list[str]:
-        return [wire_type(self.table.c[c]) for c in self.columns]
+        return ["str" if c == KEY and c not in self.table.c else wire_type(self.table.c[c]) for c in self.columns]
 
     @functools.cached_property
     def shape_hash(self) -> int:
         """Changes when columns, types, key or any scope change: such a dataset is reset."""
         scopes = sorted((role, s.partition, sorted(s.where.items()), s.window) for role, s in self.scopes.items())
-        text = repr((self.table.name, self.columns, self.types, self.key, scopes))
+        key = self.key if len(self.key_parts) == 1 else self.key_parts  # unchanged for a one-column key
+        text = repr((self.table.name, self.columns, self.types, key, scopes))
         return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "big")
 
     def describe(self) -> dict[str, Any]:
@@ -190,7 +248,7 @@ class SyncedTable:
     """
 
     table: sa.Table
-    key: str = "id"
+    key: str | tuple[str, ...] = "id"  # a tuple: a composite key (see Dataset)
     versioned: tuple[str, ...] = ()
 
 
@@ -250,7 +308,7 @@ class Registry:
         self.mutations: dict[str, MutationSpec] = {}
         self._specs: dict[str, list[BucketSpec]] = {}
 
-    def table(self, table: sa.Table, *, key: str = "id", versioned: tuple[str, ...] = ()) -> None:
+    def table(self, table: sa.Table, *, key: str | tuple[str, ...] = "id", versioned: tuple[str, ...] = ()) -> None:
         self.tables[table.name] = SyncedTable(table, key, versioned)
 
     def dataset(self, dataset: Dataset) -> None:

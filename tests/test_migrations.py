@@ -61,7 +61,7 @@ async def _shapes(db: Database) -> dict[str, tuple]:
 
 async def test_migrate_on_a_company_database_adds_only_fieldsync_tables_and_triggers(settings, db):
     sql = PlainSql(settings)
-    await sql.run([field_notes.CREATE["sqlite" if sql.sqlite else "postgresql"], *COMPANY])
+    await sql.run([field_notes.CREATE["sqlite" if sql.sqlite else "postgresql"], field_notes.CREATE_LINES, *COMPANY])
     company = await _shapes(db)
 
     await upgrade(db, field_notes.domain)

@@ -1,9 +1,10 @@
-"""A second domain (tests/field_notes.py) over a table made by plain SQL, not by fieldsync:
-text keys, no tenant column, principals from the token alone (issue 11, item 4).
+"""A second domain (tests/field_notes.py) over tables made by plain SQL, not by fieldsync:
+a text key and a composite one, no tenant column, principals from the token alone (issue
+11, item 4).
 
-A device syncs it; other programs' plain-SQL writes reach a live device; a row moved out
-of scope by plain SQL becomes a delete; a mutation of that domain is applied exactly once.
-On PostgreSQL and SQLite.
+A device syncs them; other programs' plain-SQL writes reach a live device; a row moved
+out of scope by plain SQL becomes a delete; a mutation of that domain is applied exactly
+once; its back office writes a text-keyed table. On PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ async def notes_services(settings) -> AsyncIterator:
     if not settings.embedded:
         await _reset_pg(settings.database_url)
     sql = PlainSql(settings)
-    await sql.run([field_notes.CREATE["sqlite" if sql.sqlite else "postgresql"]])  # the company's own table
+    # the company's own tables
+    await sql.run([field_notes.CREATE["sqlite" if sql.sqlite else "postgresql"], field_notes.CREATE_LINES])
     services = build_services(settings, domain=field_notes.domain)
     await upgrade(services.db, services.domain)
     yield services
@@ -46,8 +48,8 @@ async def notes_client(notes_services) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
-def author_token(services, user: int = AUTHOR) -> str:
-    return services.tokens.issue(user_id=user, tenant_id=1, role="author")
+def author_token(services, user: int = AUTHOR, role: str = "author") -> str:
+    return services.tokens.issue(user_id=user, tenant_id=1, role=role)
 
 
 def note(note_id: str, author: int, body: str, visible: bool = True, *, sqlite: bool) -> str:
@@ -105,3 +107,52 @@ async def test_plain_sql_writes_reach_a_live_device_and_leaving_its_scope_is_a_d
     finally:
         await close_all()
         server.stop()
+
+
+def line(note_id: str, number: int, author: int, text: str) -> str:
+    return (f"INSERT INTO note_lines (note_id, line, author, text) "
+            f"VALUES ('{note_id}', {number}, {author}, '{text}')")
+
+
+async def test_a_composite_key_syncs_and_its_plain_sql_deletes_and_moves_reach_the_device(
+        notes_services, notes_client):
+    sql = PlainSql(notes_services.settings)
+    async with watching(notes_services):
+        await sql.run([line("n-1", 1, AUTHOR, "first"), line("n-1", 2, AUTHOR, "second"),
+                       line("a|b\\", 1, AUTHOR, "a key with the separator"), line("n-2", 1, OTHER, "theirs")])
+        await settled(notes_services)
+    tablet = HttpSync(notes_client, author_token(notes_services), "tablet-3",
+                      Replica({"notes": "note_id", "lines": "_key"}))
+    await tablet.sync()
+    assert {k: r["text"] for k, r in tablet.replica.rows("lines").items()} == {
+        "n-1|1": "first", "n-1|2": "second", "a\\|b\\\\|1": "a key with the separator"}
+    assert tablet.replica.rows("lines")["n-1|2"]["line"] == 2, "the key's columns travel as themselves"
+
+    async with watching(notes_services):
+        await sql.run(["DELETE FROM note_lines WHERE note_id = 'n-1' AND line = 2",
+                       f"UPDATE note_lines SET author = {OTHER} WHERE note_id = 'a|b\\'",  # out of scope
+                       "UPDATE note_lines SET text = 'edited' WHERE note_id = 'n-1' AND line = 1",
+                       "UPDATE note_lines SET line = 7 WHERE note_id = 'n-2'",  # a key change, not ours
+                       line("n-3", 1, AUTHOR, "new")])
+        await settled(notes_services)
+    await tablet.sync()
+    assert {k: r["text"] for k, r in tablet.replica.rows("lines").items()} == {"n-1|1": "edited", "n-3|1": "new"}
+
+
+async def test_the_back_office_writes_a_text_keyed_table_of_a_single_company(notes_services, notes_client):
+    admin = {"Authorization": f"Bearer {author_token(notes_services, 1, 'admin')}"}
+    written = await notes_client.post("/admin/field_notes", headers=admin, json={
+        "upsert": [{"note_id": "office-1", "author": AUTHOR, "body": "from the office", "visible": True}]})
+    assert written.status_code == 200 and written.json() == {"upserted": 1, "deleted": 0}, written.text
+    refused = await notes_client.post("/admin/field_notes", headers=admin, json={"upsert": [{"note_id": 5}]})
+    assert refused.status_code == 400 and "text `note_id`" in refused.json()["error"]["message"]
+    unknown = await notes_client.post("/admin/products", headers=admin, json={"upsert": []})
+    assert unknown.status_code == 400 and "writable: field_notes" in unknown.json()["error"]["message"]
+
+    tablet = HttpSync(notes_client, author_token(notes_services), "tablet-4", Replica({"notes": "note_id"}))
+    await tablet.sync()
+    assert tablet.replica.rows("notes")["office-1"]["body"] == "from the office"
+    deleted = await notes_client.post("/admin/field_notes", headers=admin, json={"delete": ["office-1"]})
+    assert deleted.json() == {"upserted": 0, "deleted": 1}
+    await tablet.sync()
+    assert "office-1" not in tablet.replica.rows("notes")
