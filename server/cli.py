@@ -162,14 +162,22 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from . import plugin
+    from .config import DEFAULT_DOMAIN
     from .domain.demo import load_demo
-    from .domain.registry import build_registry
     from .migrations import upgrade
+
+    domain = _served_domain(settings)
+    if domain is not plugin.load(DEFAULT_DOMAIN):
+        print(f"the demo data is the bundled field-sales domain's; FIELDSYNC_DOMAIN serves {domain.name}",
+              file=sys.stderr)
+        return 1
 
     async def work(db: Database):
         if settings.embedded:
-            await upgrade(db)
-        return await load_demo(db, build_registry(), products=args.products, customers=args.customers, days=args.days)
+            await upgrade(db, domain)
+        return await load_demo(db, domain.registry(None), products=args.products, customers=args.customers,
+                               days=args.days)
 
     summary = _with_db(settings, work)
     state = "loaded" if summary.created else "already present"
@@ -179,20 +187,18 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from .auth import TokenService
-    from .domain.tables import tenants, users
 
-    async def work(db: Database):
-        async with db.read() as conn:
-            query = sa.select(users.c.id, users.c.tenant_id, users.c.role).join(
-                tenants, tenants.c.id == users.c.tenant_id
-            ).where(tenants.c.slug == args.tenant, users.c.username == args.username)
-            return (await conn.execute(query)).first()
-
-    user = _with_db(settings, work)
+    domain = _served_domain(settings)
+    if domain.directory is None or domain.directory.login is None:
+        print(f"the domain {domain.name} has no directory of users to look {args.username!r} up in: its tokens "
+              "come from the company's identity provider (claims sub, tid, role)", file=sys.stderr)
+        return 1
+    user = _with_db(settings, lambda db: domain.directory.login(db, args.tenant, args.username))
     if user is None:
         print(f"no user {args.username!r} in tenant {args.tenant!r} (run `fieldsync demo` first?)", file=sys.stderr)
         return 1
-    print(TokenService(settings).issue(user_id=user.id, tenant_id=user.tenant_id, role=user.role, ttl=args.ttl,
+    user_id, tenant_id, role = user
+    print(TokenService(settings).issue(user_id=user_id, tenant_id=tenant_id, role=role, ttl=args.ttl,
                                         device=args.device))
     return 0
 

@@ -66,6 +66,8 @@ class Directory:
 
     users: Callable[[Database, int, list[int]], Awaitable[dict[int, User]]]
     tenant: Callable[[Database, str], Awaitable[int | None]]  # a slug (`fieldsync devices --tenant`)
+    #: ``(tenant slug, username)`` -> ``(user id, tenant id, role)``, for `fieldsync token`.
+    login: Callable[[Database, str, str], Awaitable[tuple[int, int, str] | None]] | None = None
 
 
 @dataclass(frozen=True)

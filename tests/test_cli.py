@@ -382,3 +382,13 @@ def test_every_option_of_every_command_is_described():
     simulate = next(p for path, _, p in walk(parser, []) if path == ["simulate"])
     text = simulate.format_help()
     assert "--seconds" in text and "run until Ctrl-C" in text and "(default: 4)" in text
+
+
+def test_the_bundled_domains_commands_say_so_under_another_domain(env, capsys, monkeypatch):
+    monkeypatch.setenv("FIELDSYNC_DOMAIN", "tests.field_notes:domain")
+    code, _, err = main(capsys, "token", "sales1")
+    assert code == 1 and "no directory of users" in err and "identity provider" in err
+    code, _, err = main(capsys, "demo")
+    assert code == 1 and "bundled field-sales domain's" in err and "field-notes" in err
+    code, out, _ = main(capsys, "import", "--help")  # its back-office table is the one importable
+    assert code == 0 and "field_notes (note_id, author, body, visible)" in out and "products" not in out

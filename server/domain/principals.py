@@ -58,4 +58,12 @@ async def tenant_of(db: Database, slug: str) -> int | None:
         return await conn.scalar(sa.select(tenants.c.id).where(tenants.c.slug == slug))
 
 
-DIRECTORY = Directory(directory_users, tenant_of)
+async def login(db: Database, tenant_slug: str, username: str) -> tuple[int, int, str] | None:
+    async with db.read() as conn:
+        found = (await conn.execute(sa.select(users.c.id, users.c.tenant_id, users.c.role).join(
+            tenants, tenants.c.id == users.c.tenant_id,
+        ).where(tenants.c.slug == tenant_slug, users.c.username == username))).first()
+    return None if found is None else (found.id, found.tenant_id, found.role)
+
+
+DIRECTORY = Directory(directory_users, tenant_of, login)
