@@ -356,8 +356,14 @@ async def test_request_id_accepted_or_made_and_logged(services, world, processes
     refused = httpx.post(f"{server.base}/sync/pull", content=b"\x80", headers={**MSGPACK, "X-Request-ID": "bad-1"})
     assert refused.status_code == 401 and refused.headers["x-request-id"] == "bad-1"
 
-    lines = server.log_lines()  # stderr is a file, not a tty: JSON, every line
-    by_id = {line.get("request_id"): line for line in lines if "request_id" in line}
+    # stderr is a file, not a tty: JSON, every line. The access line follows the response
+    # out, so the last one may land a moment after the client has it.
+    deadline = time.monotonic() + 5
+    while True:
+        by_id = {line.get("request_id"): line for line in server.log_lines() if "request_id" in line}
+        if "bad-1" in by_id or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert by_id["trace-42-abc"]["route"] == "/sync/pull" and by_id["trace-42-abc"]["status"] == 200
     assert by_id[made.headers["x-request-id"]]["route"] == "/healthz"
     assert by_id["bad-1"]["status"] == 401 and by_id["bad-1"]["code"] == "AUTH_REQUIRED"
