@@ -9,7 +9,6 @@ until the periodic sweep of a worker finds them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -65,7 +64,8 @@ def sink_of(ctx: MutationContext) -> JobSink:
 
 def after_commit(ctx: MutationContext, *calls: Callable[[JobSink], None]) -> None:
     """Run ``calls`` with the sink once the mutation has committed, off the event loop
-    (enqueueing may be a network write, or in immediate mode the job itself)."""
+    (enqueueing may be a network write, or in immediate mode the job itself): the push
+    runs a whole group's in one worker thread."""
     sink = sink_of(ctx)
     if sink is NO_JOBS or not calls:
         return
@@ -77,4 +77,4 @@ def after_commit(ctx: MutationContext, *calls: Callable[[JobSink], None]) -> Non
             except Exception:  # noqa: BLE001 - the row stays pending; the sweep re-enqueues it
                 log.exception("enqueueing a job failed; the periodic sweep will retry it")
 
-    ctx.after_commit.append(lambda: asyncio.to_thread(run))
+    ctx.after_commit_blocking.append(run)
