@@ -153,12 +153,18 @@ class ChangeSet:
                 arrays = {c: [p[c] for p in params] for c in ("_key", *cols)}
                 await self.conn.execute(_unnest_update(table, key, cols), {"tenant": self.tenant_id, **arrays})
                 continue
-            statement = (
-                sa.update(table)
-                .where(tenant_clause(table, self.tenant_id), table.c[key] == sa.bindparam("_key"))
-                .values({c: sa.bindparam(c) for c in cols})
-            )
-            await self.conn.execute(statement, params)
+            tenant = {"_tenant": self.tenant_id} if TENANT in table.c else {}
+            await self.conn.execute(_update_by_key(table, key, cols, self.tenant_id if not tenant else None),
+                                    [{**p, **tenant} for p in params])
+
+
+@functools.lru_cache(maxsize=256)
+def _update_by_key(table: sa.Table, key: str, cols: tuple[str, ...], tenant_id: int | None) -> sa.Update:
+    """``UPDATE t SET c = :c, … WHERE tenant_id = :_tenant AND key = :_key``, built once per
+    table and column set (per call it cost more Python than the round trip). ``tenant_id``:
+    only for a table without the column, whose clause depends on it."""
+    scope = (table.c[TENANT] == sa.bindparam("_tenant")) if tenant_id is None else tenant_clause(table, tenant_id)
+    return sa.update(table).where(scope, table.c[key] == sa.bindparam("_key")).values({c: sa.bindparam(c) for c in cols})
 
 
 _ARRAY_SAFE = (sa.Integer, sa.String, sa.Boolean, sa.Float, sa.Numeric)  # bound as PostgreSQL arrays as they are
