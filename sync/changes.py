@@ -54,7 +54,7 @@ class ChangeSet:
                 del row[key]
             shapes.setdefault(tuple(sorted(row)), []).append(row)
         for same in shapes.values():
-            await self.conn.execute(sa.insert(table), same)
+            await self.conn.execute(_insert_into(table), same)
 
     async def upsert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert new rows, update the given columns of existing ones; of a key given
@@ -156,6 +156,12 @@ class ChangeSet:
             tenant = {"_tenant": self.tenant_id} if TENANT in table.c else {}
             await self.conn.execute(_update_by_key(table, key, cols, self.tenant_id if not tenant else None),
                                     [{**p, **tenant} for p in params])
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_into(table: sa.Table) -> sa.Insert:
+    """One INSERT per table: a fresh one per call computed its cache key every time."""
+    return sa.insert(table)
 
 
 @functools.lru_cache(maxsize=256)

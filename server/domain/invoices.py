@@ -81,6 +81,9 @@ def payment_recorded(ctx: MutationContext) -> None:
     after_commit(ctx, lambda jobs: jobs.dashboards(tenant, dashboard))
 
 
+_NEW_NOTICE = sa.insert(notices)  # built once: values come as parameters
+
+
 async def _confirmation_notice(ctx: MutationContext, order: dict[str, Any], customer: dict[str, Any],
                                company: str) -> str | None:
     """Put the order confirmation in the outbox; its id is the de-duplication key.
@@ -93,7 +96,7 @@ async def _confirmation_notice(ctx: MutationContext, order: dict[str, Any], cust
         f"total {format_money(order['total'], order['currency'])}).\n"
         f"We will send the goods and the invoice shortly.\n\n{company}\n"
     )
-    await ctx.conn.execute(sa.insert(notices).values(
+    await ctx.conn.execute(_NEW_NOTICE, dict(
         id=notice_id, tenant_id=ctx.principal.tenant_id, kind="order_confirmation",
         recipient=customer["email"], subject=f"{company}: order {order['number']} confirmed", body=body,
         status="pending" if customer["email"] else "skipped", attempts=0, created_at=ctx.now,
