@@ -9,6 +9,7 @@ immediate mode (each job runs in the enqueuing thread: tests). Messages are msgp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from huey import MemoryHuey, RedisHuey, SqliteHuey
+from huey import MemoryHuey, RedisHuey
 from huey.api import Huey
 from huey.consumer import Consumer
 
@@ -27,6 +28,7 @@ from sync.storage import Database
 from . import failures
 from .config import JobSettings
 from .serializer import MsgpackSerializer
+from .sqlite_batch import SqliteHuey
 from .tasks import Tasks, define_tasks
 
 log = logging.getLogger("fieldsync.jobs")
@@ -62,6 +64,11 @@ class HueySink:
     def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None:
         for dashboard_id in dashboard_ids:
             self.jobs.refresh_dashboard_soon(tenant_id, dashboard_id)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """The embedded queue writes a batch in one transaction; Redis writes as it goes."""
+        batch = getattr(self.jobs.huey.storage, "batch", None)
+        return batch() if batch is not None else contextlib.nullcontext()
 
 
 class _InProcessConsumer(Consumer):

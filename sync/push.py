@@ -73,9 +73,9 @@ class _AfterCommit:
         self.hooks.extend(ctx.after_commit)
         self.blocking.extend(ctx.after_commit_blocking)
 
-    async def run(self) -> None:
+    async def run(self, registry: Registry) -> None:
         if self.blocking:
-            await asyncio.to_thread(_run_blocking, self.blocking)
+            await asyncio.to_thread(_run_blocking, registry, self.blocking)
         for hook in self.hooks:
             await _call(hook)
 
@@ -128,7 +128,7 @@ class Pusher:
             seq = await changes.commit_position()
         if seq is not None:
             self.db.notify(principal.tenant_id, seq, changes.buckets)
-        await after.run()
+        await after.run(self.registry)
         return results
 
     async def _apply_in_savepoint(self, changes: ChangeSet, principal: Principal, client_id: str, m: Mutation,
@@ -197,7 +197,7 @@ class Pusher:
             seq = await changes.commit_position()
         if seq is not None:
             self.db.notify(principal.tenant_id, seq, changes.buckets)
-        await after.run()
+        await after.run(self.registry)
         return outcome
 
     async def _run(self, changes: ChangeSet, principal: Principal, client_id: str,
@@ -312,12 +312,16 @@ def _result_of(row: Any) -> MutationResult:
     return result
 
 
-def _run_blocking(calls: list[Callable[[], None]]) -> None:
-    for call in calls:
-        try:
-            call()
-        except Exception:  # noqa: BLE001 - logged; the mutations are committed whatever the work does
-            log.exception("after-commit work failed")
+def _run_blocking(registry: Registry, calls: list[Callable[[], None]]) -> None:
+    try:
+        with registry.after_commit_batch():
+            for call in calls:
+                try:
+                    call()
+                except Exception:  # noqa: BLE001 - logged; the mutations are committed whatever the work does
+                    log.exception("after-commit work failed")
+    except Exception:  # noqa: BLE001 - the batch itself failed to write: as above
+        log.exception("after-commit work failed")
 
 
 async def _call(hook: Callable[[], Any]) -> None:

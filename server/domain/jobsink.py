@@ -9,6 +9,7 @@ until the periodic sweep of a worker finds them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -30,6 +31,10 @@ class JobSink(Protocol):
 
     def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None: ...
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Around several enqueues from one thread: they may be written at once."""
+        ...
+
 
 class NoJobs:
     """No runner attached (CLI imports, bare registries): pending rows wait for a sweep."""
@@ -46,6 +51,9 @@ class NoJobs:
     def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None:
         pass
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
 
 NO_JOBS = NoJobs()
 
@@ -56,6 +64,10 @@ class DomainRegistry(Registry):
     def __init__(self, jobs: JobSink | None = None) -> None:
         super().__init__()
         self.jobs: JobSink = jobs or NO_JOBS
+
+    def after_commit_batch(self) -> contextlib.AbstractContextManager[None]:
+        batch = getattr(self.jobs, "batch", None)  # a sink written before batches had none
+        return batch() if batch is not None else contextlib.nullcontext()
 
 
 def sink_of(ctx: MutationContext) -> JobSink:
