@@ -102,7 +102,8 @@ class Pusher:
                 # mutation, so two groups can wait on each other. All of it rolled back.
                 if not _is_retryable(exc):
                     raise
-                log.info("push group %s:%s.. retried after %s", client_id, group[0].id, type(exc.orig).__name__)
+                log.info("push group %s:%s.. retried after %s", client_id, group[0].id,
+                         str(exc.orig).splitlines()[0][:120])
         # Deadlocked every time: one transaction per mutation holds the locks of one
         # mutation only, taken in a stable order, and cannot deadlock with its own kind.
         return [await self.apply(principal, client_id, m) for m in group]
