@@ -11,13 +11,14 @@ immediate mode (each job runs in the enqueuing thread: tests). Messages are msgp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from huey import MemoryHuey, RedisHuey, SqliteHuey
+from huey import MemoryHuey, RedisHuey
 from huey.api import Huey, TaskWrapper
 from huey.consumer import Consumer
 
@@ -27,6 +28,7 @@ from sync.storage import Database
 from . import metrics
 from .config import JobSettings
 from .serializer import MsgpackSerializer
+from .sqlite_batch import SqliteHuey
 from .tasks import Tasks, define_tasks
 
 log = logging.getLogger("fieldsync.jobs")
@@ -109,6 +111,12 @@ class Jobs:
                 await own.dispose()
 
         return asyncio.run(once())
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Around several enqueues from one thread: the embedded queue writes them in one
+        transaction (one fsync, jobs/sqlite_batch.py); Redis writes as it goes."""
+        batch = getattr(self.huey.storage, "batch", None)
+        return batch() if batch is not None else contextlib.nullcontext()
 
     def _database(self) -> Database:
         db = Database(self.settings.database_url, pool_size=2)

@@ -54,7 +54,7 @@ class ChangeSet:
                 del row[key]
             shapes.setdefault(tuple(sorted(row)), []).append(row)
         for same in shapes.values():
-            await self.conn.execute(sa.insert(table), same)
+            await self.conn.execute(_insert_into(table), same)
 
     async def upsert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert new rows, update the given columns of existing ones; of a key given
@@ -157,12 +157,24 @@ class ChangeSet:
                 arrays = {c: [p[c] for p in params] for c in ("_key", *cols)}
                 await self.conn.execute(_unnest_update(table, key, cols), {"tenant": self.tenant_id, **arrays})
                 continue
-            statement = (
-                sa.update(table)
-                .where(tenant_clause(table, self.tenant_id), table.c[key] == sa.bindparam("_key"))
-                .values({c: sa.bindparam(c) for c in cols})
-            )
-            await self.conn.execute(statement, params)
+            tenant = {"_tenant": self.tenant_id} if TENANT in table.c else {}
+            await self.conn.execute(_update_by_key(table, key, cols, self.tenant_id if not tenant else None),
+                                    [{**p, **tenant} for p in params])
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_into(table: sa.Table) -> sa.Insert:
+    """One INSERT per table: a fresh one per call computed its cache key every time."""
+    return sa.insert(table)
+
+
+@functools.lru_cache(maxsize=256)
+def _update_by_key(table: sa.Table, key: str, cols: tuple[str, ...], tenant_id: int | None) -> sa.Update:
+    """``UPDATE t SET c = :c, … WHERE tenant_id = :_tenant AND key = :_key``, built once per
+    table and column set (per call it cost more Python than the round trip). ``tenant_id``:
+    only for a table without the column, whose clause depends on it."""
+    scope = (table.c[TENANT] == sa.bindparam("_tenant")) if tenant_id is None else tenant_clause(table, tenant_id)
+    return sa.update(table).where(scope, table.c[key] == sa.bindparam("_key")).values({c: sa.bindparam(c) for c in cols})
 
 
 _ARRAY_SAFE = (sa.Integer, sa.String, sa.Boolean, sa.Float, sa.Numeric)  # bound as PostgreSQL arrays as they are

@@ -7,6 +7,7 @@ saying which rows a device of that role holds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -310,6 +311,11 @@ class Registry:
 
     def table(self, table: sa.Table, *, key: str | tuple[str, ...] = "id", versioned: tuple[str, ...] = ()) -> None:
         self.tables[table.name] = SyncedTable(table, key, versioned)
+
+    def after_commit_batch(self) -> contextlib.AbstractContextManager[None]:
+        """Around a push group's blocking after-commit work, in its worker thread: a domain
+        may make it one write (one queue transaction for all the group's jobs)."""
+        return contextlib.nullcontext()
 
     def dataset(self, dataset: Dataset) -> None:
         if dataset.table.name not in self.tables:

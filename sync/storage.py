@@ -270,10 +270,13 @@ class Database:
             log.warning("database connection lost: %s", exc)
             raise StorageError() from exc
 
-    def locking(self, query: sa.Select) -> sa.Select:
+    def locking(self, query: sa.Select, of: sa.Table | None = None) -> sa.Select:
         """``query`` taking row locks for update, where the database has them (SQLite has one
-        writer at a time, so a write transaction's reads cannot race another's)."""
-        return query if self.is_sqlite else query.with_for_update()
+        writer at a time, so a write transaction's reads cannot race another's); ``of``:
+        lock that table's rows only, not those of the tables it is joined to."""
+        if self.is_sqlite:
+            return query
+        return query.with_for_update() if of is None else query.with_for_update(of=of)
 
     @property
     def binds_arrays(self) -> bool:

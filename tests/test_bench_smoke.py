@@ -22,6 +22,7 @@ BENCHES = {
     "observability_bench.py": ["p50"],
     "client_decode_bench.py": ["rows/s"],
     "capture_bench.py": ["with / without capture triggers", "p50"],
+    "push_bench.py": ["identical results: true", "nothing changed: true", "duplicates: 0", "p99"],
 }
 
 

@@ -1,6 +1,8 @@
 """Invariant 3 under failure: the server process is killed (SIGKILL) in the middle of a
 push; the device replays the same outbox to a restarted server. No order is lost, none is
-duplicated, and every result the device gets is the result of the first application."""
+duplicated, and every result the device gets is the result of the first application. A push
+is applied in groups of mutations, one transaction each: the kill loses the open group whole,
+never part of it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from server.domain.tables import orders
+from sync.push import GROUP
 from sync.storage import mutation_ledger
 
 from .support import seed, token
@@ -58,7 +61,7 @@ async def test_killed_mid_push_then_replayed(services):
     now = int(time.time() * 1000)
     outbox = [{"id": n, "name": "order.create", "at": now, "args": {
         "id": str(uuid.uuid4()), "customer_id": 1 + n % 4, "lines": [{"product_id": 1 + n % 20, "qty": 1}]}}
-        for n in range(1, 41)]
+        for n in range(1, 3 * GROUP + 1)]
     body = msgpack.packb({"v": 1, "client_id": "phone", "mutations": outbox})
     headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/msgpack"}
     port = free_port()
@@ -76,13 +79,14 @@ async def test_killed_mid_push_then_replayed(services):
         async with services.db.read() as conn:
             return await conn.scalar(sa.select(sa.func.count()).select_from(mutation_ledger))
 
-    while await applied() < 5:  # kill it part-way through the outbox
+    while await applied() < GROUP:  # kill it part-way through the outbox, once a group committed
         await asyncio.sleep(0.002)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     pushing.join()
     partial = await applied()
-    assert 5 <= partial < len(outbox), "the kill must land in the middle of the push"
+    assert GROUP <= partial < len(outbox), "the kill must land in the middle of the push"
+    assert partial % GROUP == 0, "a group commits whole or not at all"
 
     proc = start_server(services.settings, port)
     try:

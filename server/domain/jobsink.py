@@ -9,7 +9,7 @@ until the periodic sweep of a worker finds them.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -31,6 +31,10 @@ class JobSink(Protocol):
 
     def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None: ...
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        """Around several enqueues from one thread: they may be written at once."""
+        ...
+
 
 class NoJobs:
     """No runner attached (CLI imports, bare registries): pending rows wait for a sweep."""
@@ -47,6 +51,9 @@ class NoJobs:
     def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None:
         pass
 
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
 
 NO_JOBS = NoJobs()
 
@@ -58,6 +65,10 @@ class DomainRegistry(Registry):
         super().__init__()
         self.jobs: JobSink = jobs or NO_JOBS
 
+    def after_commit_batch(self) -> contextlib.AbstractContextManager[None]:
+        batch = getattr(self.jobs, "batch", None)  # a sink written before batches had none
+        return batch() if batch is not None else contextlib.nullcontext()
+
 
 def sink_of(ctx: MutationContext) -> JobSink:
     return getattr(ctx.changes.registry, "jobs", NO_JOBS)
@@ -65,7 +76,8 @@ def sink_of(ctx: MutationContext) -> JobSink:
 
 def after_commit(ctx: MutationContext, *calls: Callable[[JobSink], None]) -> None:
     """Run ``calls`` with the sink once the mutation has committed, off the event loop
-    (enqueueing may be a network write, or in immediate mode the job itself)."""
+    (enqueueing may be a network write, or in immediate mode the job itself): the push
+    runs a whole group's in one worker thread."""
     sink = sink_of(ctx)
     if sink is NO_JOBS or not calls:
         return
@@ -77,4 +89,4 @@ def after_commit(ctx: MutationContext, *calls: Callable[[JobSink], None]) -> Non
             except Exception:  # noqa: BLE001 - the row stays pending; the sweep re-enqueues it
                 log.exception("enqueueing a job failed; the periodic sweep will retry it")
 
-    ctx.after_commit.append(lambda: asyncio.to_thread(run))
+    ctx.after_commit_blocking.append(run)

@@ -8,7 +8,7 @@ from sync.errors import ErrorCode
 from sync.push import MutationContext
 from sync.schema import Registry
 
-from .mutations import active_products, check_at, check_uuid, ensure_new, lock_stock, next_number, parse_lines, reject
+from .mutations import check_at, check_uuid, ensure_new, lock_lines, next_number, parse_lines, reject
 from . import invoices
 from .tables import sales, stock
 
@@ -28,31 +28,32 @@ async def sale_complete(ctx: MutationContext, args: dict[str, Any]) -> dict[str,
     if branch_id is None:
         raise reject(ErrorCode.FORBIDDEN, "this terminal is not assigned to a branch")
     ids = sorted(line["product_id"] for line in lines)
-    await active_products(ctx, ids)
-    levels = await lock_stock(ctx, branch_id, ids)
-    flagged = []
+    levels, _ = await lock_lines(ctx, branch_id, ids, None)  # NOT_FOUND for an unknown or inactive product
+    flagged, fresh, changed = [], [], []
     for line in sorted(lines, key=lambda item: item["product_id"]):
         line["amount"] = line["price"] * line["qty"]
         level = levels.get(line["product_id"])
         if level is None:  # never stocked here: the sale still happened
             on_hand = -line["qty"]
-            await ctx.changes.insert(stock, [{"branch_id": branch_id, "product_id": line["product_id"],
-                                              "on_hand": on_hand, "reserved": 0, "negative": True}])
+            fresh.append({"branch_id": branch_id, "product_id": line["product_id"],
+                          "on_hand": on_hand, "reserved": 0, "negative": True})
         else:
             on_hand = level["on_hand"] - line["qty"]
-            await ctx.changes.update_rows(stock, [(level, {"on_hand": on_hand, "negative": on_hand < 0})])
+            changed.append((level, {"on_hand": on_hand, "negative": on_hand < 0}))
         if on_hand < 0:
             flagged.append(line["product_id"])
-    number = await next_number(ctx, "sale", "POS")
-    total = sum(line["amount"] for line in lines)
-    currency = ctx.principal.attrs.get("currency", "EUR")
-    await ctx.changes.insert(sales, [{
-        "id": sale_id, "number": number, "terminal_id": ctx.principal.user_id, "branch_id": branch_id,
-        "customer_id": args.get("customer_id"), "lines": lines, "total": total, "currency": currency,
+    if fresh:
+        await ctx.changes.insert(stock, fresh)
+    await ctx.changes.update_rows(stock, changed)
+    sale = {
+        "id": sale_id, "number": await next_number(ctx, "sale", "POS"), "terminal_id": ctx.principal.user_id,
+        "branch_id": branch_id, "customer_id": args.get("customer_id"), "lines": lines,
+        "total": sum(line["amount"] for line in lines), "currency": ctx.principal.attrs.get("currency", "EUR"),
         "payment_method": args["payment_method"], "sold_at": ctx.at,
-    }])
-    await invoices.sale_completed(ctx, sale_id)  # pending invoice (receipt), jobs after commit
-    return {"sale_id": sale_id, "number": number, "total": total, "negative_stock": flagged}
+    }
+    await ctx.changes.insert(sales, [sale])
+    await invoices.sale_completed(ctx, sale)  # pending invoice (receipt), jobs after commit
+    return {"sale_id": sale_id, "number": sale["number"], "total": sale["total"], "negative_stock": flagged}
 
 
 def register(registry: Registry) -> None:

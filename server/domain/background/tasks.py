@@ -8,6 +8,7 @@ backoff; one out of retries is recorded by the runner and its row marked ``faile
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -59,6 +60,9 @@ class HueySink:
     def dashboards(self, tenant_id: int, dashboard_ids: Sequence[str]) -> None:
         for dashboard_id in dashboard_ids:
             self.refresh_dashboard_soon(tenant_id, dashboard_id)
+
+    def batch(self) -> contextlib.AbstractContextManager[None]:
+        return self.jobs.batch()
 
     def refresh_dashboard_soon(self, tenant_id: int, dashboard_id: str) -> None:
         """One refresh per burst: the first landing schedules it ``dashboard_debounce``
