@@ -134,7 +134,7 @@ async def push(request: Request) -> Response:
                                   minimum=services.settings.min_protocol)
         request.state.client_id = req.client_id
         async with noting_errors(services, principal, req.client_id):
-            await register_device(services, principal, request.state.credential, req.client_id, force=True)
+            await register_device(services, principal, request.state.credential, req.client_id)
             results = await services.pusher.push(principal, req.client_id, req.mutations)
     record_results(services.registry, req.mutations, results)
     await note_rejections(services, principal, req.client_id, req.mutations, results)

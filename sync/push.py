@@ -125,7 +125,7 @@ class Pusher:
             if ledger:
                 await changes.insert(mutation_ledger, ledger)
                 await conn.execute(_RAISE_MARK, {"tenant": principal.tenant_id, "client": client_id,
-                                                 "mark": group[-1].id})
+                                                 "mark": group[-1].id, "seen": now_ms()})
             seq = await changes.commit_position()
         if seq is not None:
             self.db.notify(principal.tenant_id, seq, changes.buckets)
@@ -243,7 +243,7 @@ async def _claim(conn: AsyncConnection, principal: Principal, client_id: str, mu
         sa.update(devices)
         .where(devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id,
                devices.c.user_id == principal.user_id, devices.c.last_mutation_id < mutation_id)
-        .values(last_mutation_id=mutation_id)
+        .values(last_mutation_id=mutation_id, last_seen=now_ms())
         .returning(devices.c.epoch)
     )
     return claimed.scalar()
@@ -270,10 +270,12 @@ def _check_device(device: Any, principal: Principal, client_id: str) -> None:
         raise AuthError(ErrorCode.FORBIDDEN, f"device {client_id} belongs to another user")
 
 
+# The device row is written here anyway: its ``last_seen`` comes along, so a push needs no
+# registration write of its own (``devices.touch`` only reads for a known, fresh device).
 _RAISE_MARK = sa.update(devices).where(
     devices.c.tenant_id == sa.bindparam("tenant"), devices.c.client_id == sa.bindparam("client"),
     devices.c.last_mutation_id < sa.bindparam("mark"),
-).values(last_mutation_id=sa.bindparam("mark"))
+).values(last_mutation_id=sa.bindparam("mark"), last_seen=sa.bindparam("seen"))
 
 
 async def _stored(conn: AsyncConnection, principal: Principal, client_id: str, epoch: int,
