@@ -22,6 +22,7 @@ BENCHES = {
     "observability_bench.py": ["p50"],
     "client_decode_bench.py": ["rows/s"],
     "capture_bench.py": ["with / without capture triggers", "p50"],
+    "snapshot_storm.py": ["time to all done", "refused and retried", "server RSS", "other than the snapshot cap's 503: 0"],
 }
 
 
