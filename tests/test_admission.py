@@ -210,3 +210,22 @@ async def test_rate_limits_switch_off(services, client, switch):
     response, _ = await post(client, token(services, w.sales1, "salesperson"), "/sync/pull",
                              {"v": 1, "client_id": "phone", "cursor": device.replica.cursor})
     assert response.status_code == (429 if switch else 200)
+
+
+@pytest.mark.postgres
+async def test_a_pool_exhausted_past_its_timeout_is_unavailable_not_a_fault(pg_database):
+    """What a storm without the snapshot cap ran into: every pooled connection taken and the
+    wait past the pool's timeout. That is UNAVAILABLE with retry_after (nothing ran), not a
+    500."""
+    from sync.errors import ErrorCode, SyncError
+    from sync.storage import Database
+
+    db = Database(pg_database, pool_size=1, pool_timeout=0.2)
+    try:
+        async with db.read(), db.read():  # the pool's one connection and its one overflow
+            with pytest.raises(SyncError) as refused:
+                async with db.read():
+                    pass
+        assert refused.value.code is ErrorCode.UNAVAILABLE and refused.value.retry_after
+    finally:
+        await db.dispose()
