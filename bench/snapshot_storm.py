@@ -3,8 +3,9 @@
 per-process snapshot cap (FIELDSYNC_MAX_SNAPSHOTS).
 
 Every device pulls over HTTP from a nil cursor to ``more = false``. A 429 or 503 with
-``retry_after`` is retried after ``retry_after`` plus up to as long again (what the clients
-do); any other failure ends the device and is counted. Devices are spread over the demo's
+``retry_after`` is retried after ``retry_after`` plus up to as long again, a transport
+error (connection reset) after 1-2 s, as the clients do; any other answer ends the device
+and is counted. Devices are spread over the demo's
 nine users (pos1..pos4, sales1..sales5); the server's rate limits stay at their defaults.
 
     .venv/bin/python bench/snapshot_storm.py            # 2,000 devices, 2,000 products
@@ -61,6 +62,7 @@ class Storm:
         self.rows: dict[str, set[int]] = collections.defaultdict(set)  # user -> rows per device seen
         self.refused: collections.Counter[str] = collections.Counter()  # "503 UNAVAILABLE (cap)" ...
         self.failed: collections.Counter[str] = collections.Counter()  # what ended a device
+        self.transport_errors: collections.Counter[str] = collections.Counter()  # retried
         self.requests = 0
 
 
@@ -79,8 +81,9 @@ async def device(http: httpx.AsyncClient, user: str, bearer: str, client_id: str
         try:
             response = await http.post("/sync/pull", content=body, headers=headers)
         except httpx.HTTPError as error:
-            storm.failed[f"transport: {type(error).__name__}"] += 1
-            return
+            storm.transport_errors[type(error).__name__] += 1
+            await asyncio.sleep(1 + random.random())
+            continue
         decoded = msgpack.unpackb(response.content, raw=False) if response.content else {}
         if response.status_code == 200:
             cursor = decoded["cursor"]
@@ -128,7 +131,8 @@ def report(label: str, storm: Storm, seconds: float, devices: int, idle_kb: int,
           f"(per device p50 {median(storm.done):.1f}s, p99 {percentile(storm.done, 99):.1f}s)"
           if storm.done else f"  devices done: 0 of {devices}")
     print(f"  requests {storm.requests}; refused and retried: {refused} "
-          f"({', '.join(f'{k}: {v}' for k, v in sorted(storm.refused.items())) or 'none'})")
+          f"({', '.join(f'{k}: {v}' for k, v in sorted(storm.refused.items())) or 'none'}); "
+          f"transport errors retried: {dict(storm.transport_errors) or 0}")
     print(f"  5xx other than the snapshot cap's 503: {five}; devices failed: "
           f"{sum(storm.failed.values())} ({dict(storm.failed) or 'none'}); users whose devices differ in rows: {uneven}")
     print(f"  server RSS: {idle_kb / 1024:.0f} MB before the storm, peak {peak_kb / 1024:.0f} MB")
