@@ -54,7 +54,8 @@ def server_process(database_url: str, *, extra_env: dict[str, str] | None = None
     port = free_port()
     env = {**os.environ, "FIELDSYNC_DATABASE_URL": database_url, "FIELDSYNC_JWT_SECRET": SECRET,
            "FIELDSYNC_PULL_MAX_LIMIT": "20000",
-           "FIELDSYNC_MAX_DEVICES_PER_USER": "1000000", **(extra_env or {})}  # simulated fleets share users
+           # simulated fleets share users, and one load generator polls as fast as it can
+           "FIELDSYNC_MAX_DEVICES_PER_USER": "1000000", "FIELDSYNC_RATE_LIMITS": "0", **(extra_env or {})}
     # The log goes to a file: a pipe nobody reads fills after ~150 access-log lines and
     # then blocks the server in the middle of a benchmark.
     log = tempfile.NamedTemporaryFile(prefix="fieldsync-bench-", suffix=".log", delete=False)  # noqa: SIM115

@@ -226,7 +226,8 @@ def main() -> None:
         world = asyncio.run(prepare(url, 2_000 if args.smoke else 10_000, 2 if args.smoke else 21))
         env = {**os.environ, "FIELDSYNC_DATABASE_URL": url, "FIELDSYNC_REDIS_URL": REDIS,
                "FIELDSYNC_REDIS_PREFIX": prefix, "FIELDSYNC_JWT_SECRET": SECRET,
-               "FIELDSYNC_DATA_DIR": f"/tmp/{prefix}", "FIELDSYNC_PULL_MAX_LIMIT": "20000", "FIELDSYNC_MAX_DEVICES_PER_USER": "1000000"}
+               "FIELDSYNC_DATA_DIR": f"/tmp/{prefix}", "FIELDSYNC_PULL_MAX_LIMIT": "20000", "FIELDSYNC_MAX_DEVICES_PER_USER": "1000000",
+               "FIELDSYNC_RATE_LIMITS": "0"}
         Path(env["FIELDSYNC_DATA_DIR"]).mkdir(parents=True, exist_ok=True)
         try:
             with server(env) as base:

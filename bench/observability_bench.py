@@ -63,7 +63,7 @@ def server(url: str, name: str, logdir: Path, extra: dict[str, str]) -> Iterator
     port = free_port()
     log_path = logdir / f"{name}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FIELDSYNC_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env.update({"FIELDSYNC_DATABASE_URL": url, "FIELDSYNC_JWT_SECRET": SECRET, "FIELDSYNC_PULL_MAX_LIMIT": "20000", "FIELDSYNC_MAX_DEVICES_PER_USER": "1000000",
+    env.update({"FIELDSYNC_DATABASE_URL": url, "FIELDSYNC_JWT_SECRET": SECRET, "FIELDSYNC_PULL_MAX_LIMIT": "20000", "FIELDSYNC_MAX_DEVICES_PER_USER": "1000000", "FIELDSYNC_RATE_LIMITS": "0",
                 "FIELDSYNC_DATA_DIR": str(logdir / name), "FIELDSYNC_JOBS_THREADS": "0", **extra})
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], cwd=ROOT, env=env,

@@ -29,6 +29,7 @@ from sync.shared_pulls import SharedPulls
 from sync.storage import Database
 
 from . import admin, device_health, http, metrics, plugin, ws
+from .admission import Admission
 from .fanout import Fanout, Notice, fanout_for
 from .live import Hub
 from .auth import TokenService, switched_off
@@ -54,11 +55,16 @@ class Services:
     pusher: Pusher
     hub: Hub
     fanout: Fanout
+    admission: Admission | None = None  # rate limits and snapshot slots (built from the settings when None)
     jobs: Jobs | None = None  # background jobs: enqueued after commits, consumed here in the embedded default
     # A reconnect storm: WebSocket devices at one cursor share each catch-up batch. Not HTTP
     # pulls: a batch read before a device's own push would hide it from its next pull.
     shared_pulls: SharedPulls = field(default_factory=lambda: SharedPulls(on_result=metrics.count_shared_pull))
     _watch: asyncio.Task | None = None  # sync.capture.watch: commits by other programs
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.settings)
 
     async def start_live(self) -> None:
         """Connect fan-out: local commits are published, every notice wakes the hub; and

@@ -80,6 +80,19 @@ class Settings:
     ws_impl: str = "fieldsync"
     # permessage-deflate shrinks catalog frames ~5x for devices on mobile networks.
     ws_deflate: bool = True
+    # Admission (server/admission.py), per process: each device and each user has a token
+    # bucket of requests (pulls, pushes, WebSocket hellos and push frames), refilled at
+    # ``*_rate`` a second up to ``*_burst``; a request past it gets RATE_LIMITED. The bursts
+    # hold a reconnect (a 100k-row snapshot is 50 pulls, a 1,000-order outbox 2 pushes).
+    rate_limits: bool = True
+    device_rate: float = 20.0
+    device_burst: int = 500
+    user_rate: float = 100.0
+    user_burst: int = 2000
+    # Snapshot pages served at once by this process; past it a pull gets UNAVAILABLE with
+    # retry_after instead of waiting for a database connection behind the others.
+    max_snapshots: int = 8
+    snapshot_retry_after: int = 2
     metrics: bool = True  # FIELDSYNC_METRICS=0: no request metrics/access log/DB instrumentation (benchmarks)
     domain: str = DEFAULT_DOMAIN  # the server.plugin.Domain to serve: "package.module:attribute"
     extra: dict[str, str] = field(default_factory=dict)
@@ -118,6 +131,13 @@ class Settings:
             header_timeout=_bounded(env, "HEADER_TIMEOUT", 10.0, 0.5, 300),
             body_timeout=_bounded(env, "BODY_TIMEOUT", 30.0, 1, 3600),
             poll_interval=_bounded(env, "POLL_INTERVAL", 2.0, 0.05, 60),
+            rate_limits=_flag(env, "RATE_LIMITS", True),
+            device_rate=_bounded(env, "DEVICE_RATE", 20.0, 0.01, 100_000),
+            device_burst=_int(env, "DEVICE_BURST", 500, 1, 10_000_000),
+            user_rate=_bounded(env, "USER_RATE", 100.0, 0.01, 1_000_000),
+            user_burst=_int(env, "USER_BURST", 2000, 1, 100_000_000),
+            max_snapshots=_int(env, "MAX_SNAPSHOTS", 8, 1, 100_000),
+            snapshot_retry_after=_int(env, "SNAPSHOT_RETRY_AFTER", 2, 1, 300),
             redis_prefix=env.get("FIELDSYNC_REDIS_PREFIX") or "fieldsync",
             ws_impl=env.get("FIELDSYNC_WS_IMPL") or "fieldsync",
             ws_deflate=_flag(env, "WS_DEFLATE", True),

@@ -37,12 +37,21 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def authenticate(request: Request) -> Principal:
-    services = request.app.state.services
+    return await resolve(request, verify(request))
+
+
+def verify(request: Request) -> dict:
+    """The bearer token's claims (no I/O: admission is decided on them before any)."""
     token = bearer(request.headers.get("authorization"))
-    claims = services.tokens.verify(token)
+    claims = request.app.state.services.tokens.verify(token)
+    request.state.credential = credential_of(token, claims)
+    return claims
+
+
+async def resolve(request: Request, claims: dict) -> Principal:
+    services = request.app.state.services
     principal = await services.domain.principal(services.db, claims)
     request.state.principal = principal
-    request.state.credential = credential_of(token, claims)
     return principal
 
 
@@ -80,10 +89,21 @@ def msgpack_response(body: object) -> Response:
     return Response(wire.pack(body), media_type=MSGPACK)
 
 
-async def _sync_body(request: Request) -> tuple[Principal, object]:
-    principal = await authenticate(request)
+async def _sync_body(request: Request) -> tuple[dict, object]:
+    claims = verify(request)
     limit = request.app.state.services.settings.max_body_bytes
-    return principal, wire.unpack(await read_body(request, limit), max_size=limit)
+    return claims, wire.unpack(await read_body(request, limit), max_size=limit)
+
+
+def admit(services, claims: dict, client_id: str, cursor: bytes | None = None, *,
+          pull: bool = False) -> contextlib.AbstractContextManager:
+    """Admission (server/admission.py) before any database work: RATE_LIMITED, or for a pull
+    that serves a snapshot page the slot to hold while it is read and encoded."""
+    tenant_id, user_id = claims["tid"], int(claims["sub"])
+    services.admission.admit(tenant_id, user_id, client_id, "http")
+    if pull and services.reader.cursors.snapshot_pending(cursor, tenant_id, user_id):
+        return services.admission.snapshots.hold("http")
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -112,14 +132,16 @@ def record_results(registry, mutations, results) -> None:
 async def pull(request: Request) -> Response:
     services = request.app.state.services
     with outcome(metrics.PULLS):
-        principal, body = await _sync_body(request)
+        claims, body = await _sync_body(request)
         req = messages.parse_pull(body, services.settings.min_protocol)
         request.state.client_id = req.client_id
-        async with noting_errors(services, principal, req.client_id):
-            enrolled = await register_device(services, principal, request.state.credential, req.client_id,
-                                             app=req.app)
-            batch = await services.reader.pull(principal, req.cursor, req.limit, not_before=enrolled)
-        packed = wire.pack(batch)
+        with admit(services, claims, req.client_id, req.cursor, pull=True):
+            principal = await resolve(request, claims)
+            async with noting_errors(services, principal, req.client_id):
+                enrolled = await register_device(services, principal, request.state.credential, req.client_id,
+                                                 app=req.app)
+                batch = await services.reader.pull(principal, req.cursor, req.limit, not_before=enrolled)
+            packed = wire.pack(batch)
     count_sent(batch, len(packed), "pull")
     request.state.rows = sum(len(p["rows"]) + len(p["deletes"]) for p in batch["data"].values())
     request.state.bytes = len(packed)
@@ -129,10 +151,12 @@ async def pull(request: Request) -> Response:
 async def push(request: Request) -> Response:
     services = request.app.state.services
     with outcome(metrics.PUSHES):
-        principal, body = await _sync_body(request)
+        claims, body = await _sync_body(request)
         req = messages.parse_push(body, max_mutations=services.settings.max_mutations,
                                   minimum=services.settings.min_protocol)
         request.state.client_id = req.client_id
+        admit(services, claims, req.client_id)
+        principal = await resolve(request, claims)
         async with noting_errors(services, principal, req.client_id):
             await register_device(services, principal, request.state.credential, req.client_id)
             results = await services.pusher.push(principal, req.client_id, req.mutations)

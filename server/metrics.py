@@ -63,6 +63,10 @@ SHARED_PULLS = Counter("fieldsync_shared_pulls_total",
                        "Catch-up batches computed, or shared with a device at the same cursor.", ("outcome",))
 LIVE_ROUNDS = Histogram("fieldsync_live_round_seconds", "Time to build and queue one wake-up's frames.",
                         buckets=LATENCY)
+ADMISSION_REFUSED = Counter("fieldsync_admission_refused_total",
+                            "Requests refused by admission control: limit is device or user (RATE_LIMITED) "
+                            "or snapshots (UNAVAILABLE).", ("limit", "framing"))
+SNAPSHOTS_IN_FLIGHT = _gauge("fieldsync_snapshots_in_flight", "Snapshot pages being read and encoded now.")
 DB_IN_USE = _gauge("fieldsync_db_pool_in_use", "Database connections checked out.")
 DB_WAIT = Histogram("fieldsync_db_acquire_seconds", "Time to get a database connection from the pool.",
                     buckets=LATENCY)

@@ -24,6 +24,7 @@ from sync.schema import Principal
 from sync.shared_pulls import pull_key
 
 from . import metrics
+from .admission import SnapshotSlots
 from .auth import bearer, credential_of
 from .http import note_rejections, record_results, register_device
 from .live import count_sent
@@ -95,15 +96,18 @@ class Session:
         if reset:  # the device's scope changed: refresh what wakes it
             asyncio.get_running_loop().create_task(self._refresh_buckets())
 
-    async def close_for(self, code: ErrorCode, message: str) -> None:
+    async def close_for(self, code: ErrorCode, message: str, retry_after: int | None = None) -> None:
         if self.state is State.CLOSING:
             return
         self.step(State.CLOSING)
         self.close_code = code.close
+        frame = {"t": "error", "code": code.value, "message": message}
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
         # Bounded: a device that reads nothing never makes room for these frames.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_SEND_TIMEOUT_S):
-                await self.ws.send_bytes(wire.pack({"t": "error", "code": code.value, "message": message}))
+                await self.ws.send_bytes(wire.pack(frame))
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_SEND_TIMEOUT_S):
                 await self.ws.close(code.close, message[:120])
@@ -129,7 +133,7 @@ class Session:
         except WebSocketDisconnect:
             pass
         except SyncError as error:
-            await self.close_for(error.code, error.message)
+            await self.close_for(error.code, error.message, error.retry_after)
             await self._note(error.code)
         except asyncio.CancelledError:
             if self.close_code is None:  # not our own give-up on a stalled device (see _give_up)
@@ -165,6 +169,8 @@ class Session:
         if not isinstance(token, str):
             raise AuthError(ErrorCode.AUTH_INVALID, "`token` must be a string")
         claims = self.services.tokens.verify(token)
+        # A reconnect loop is refused here, before any database work: error frame, close 4429.
+        self.services.admission.admit(claims["tid"], int(claims["sub"]), self.client_id, "ws")
         self.principal = await self.services.domain.principal(self.services.db, claims)
         self.token_exp = float(claims["exp"])
         self.claims = claims
@@ -177,11 +183,14 @@ class Session:
     async def _catch_up(self) -> None:
         reader, principal = self.services.reader, self.principal
         while True:
-            # Terminals reconnecting together at one cursor share each batch and its encoding.
+            # Terminals reconnecting together at one cursor share each batch and its encoding
+            # (and the snapshot slot it needs: UNAVAILABLE closes them all with 1013).
             cursor, not_before = self.cursor, self.not_before
+            slots = self.services.admission.snapshots \
+                if reader.cursors.snapshot_pending(cursor, principal.tenant_id, principal.user_id) else None
             batch, frame, read_at = await self.services.shared_pulls.run(
                 ("ws", pull_key(principal, cursor, None, not_before)),
-                lambda: _changes_frame(reader, principal, cursor, not_before))
+                lambda: _changes_frame(reader, principal, cursor, not_before, slots))
             count_sent(batch, len(frame), "ws")
             await self.outbox.put(frame)
             self.cursor = batch["cursor"]
@@ -246,8 +255,11 @@ class Session:
         try:
             mutations = messages.parse_mutations(frame.get("mutations"),
                                                  max_mutations=self.services.settings.max_mutations)
-        except BadRequest as error:
-            await self._error(error.code, error.message)
+            # Refused in an error frame: the socket stays open, the device resends the same
+            # mutations after retry_after (closing would cost it a hello and a catch-up).
+            self.services.admission.admit(self.principal.tenant_id, self.principal.user_id, self.client_id, "ws")
+        except SyncError as error:
+            await self._error(error.code, error.message, error.retry_after)
             return
         results = await self.services.pusher.push(self.principal, self.client_id, mutations)
         record_results(self.services.registry, mutations, results)
@@ -270,8 +282,11 @@ class Session:
         with contextlib.suppress(SyncError):
             await devices.note_error(self.services.db, self.principal, self.client_id, code.value)
 
-    async def _error(self, code: ErrorCode, message: str) -> None:
-        await self.outbox.put(wire.pack({"t": "error", "code": code.value, "message": message}))
+    async def _error(self, code: ErrorCode, message: str, retry_after: int | None = None) -> None:
+        frame = {"t": "error", "code": code.value, "message": message}
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
+        await self.outbox.put(wire.pack(frame))
 
     def _drained(self) -> None:
         """The outbox emptied after the device fell behind: catch it up from the log."""
@@ -289,12 +304,14 @@ class Session:
             self.buckets = await self.services.reader.buckets(self.principal)
 
 
-async def _changes_frame(reader: Any, principal: Principal, cursor: bytes | None,
-                         not_before: int | None) -> tuple[dict, bytes, float]:
-    """A catch-up batch, its frame, and when its read began."""
-    read_at = time.monotonic()
-    batch = await reader.pull(principal, cursor, not_before=not_before)
-    return batch, wire.pack({"t": "changes", **{k: v for k, v in batch.items() if k != "v"}}), read_at
+async def _changes_frame(reader: Any, principal: Principal, cursor: bytes | None, not_before: int | None,
+                         slots: SnapshotSlots | None) -> tuple[dict, bytes, float]:
+    """A catch-up batch, its frame, and when its read began; a snapshot page holds one of
+    ``slots`` while it is read and encoded."""
+    with slots.hold("ws") if slots is not None else contextlib.nullcontext():
+        read_at = time.monotonic()
+        batch = await reader.pull(principal, cursor, not_before=not_before)
+        return batch, wire.pack({"t": "changes", **{k: v for k, v in batch.items() if k != "v"}}), read_at
 
 
 async def rescope(session: Session) -> None:

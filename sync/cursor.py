@@ -61,5 +61,15 @@ class CursorCodec:
             return None
         return Cursor(tenant, user, seq, t, {k: (v[0], v[1]) for k, v in datasets.items()}, list(snap), after)
 
+    def snapshot_pending(self, raw: bytes | None, tenant_id: int, user_id: int) -> bool:
+        """Whether the next pull from ``raw`` surely serves a snapshot page, told without I/O
+        (admission control asks before any database work): no cursor, one this server
+        cannot read or issued to another user (``Reader`` starts those over), or one in
+        the middle of a snapshot. A cursor older than the compacted log, or from before a
+        re-enrolment or a scope change, is found out only by the read: its first page is
+        not told here, its next ones are."""
+        cursor = self.decode(raw) if raw else None
+        return cursor is None or (cursor.tenant_id, cursor.user_id) != (tenant_id, user_id) or bool(cursor.snap)
+
     def _mac(self, body: bytes) -> bytes:
         return hmac.digest(self._key, body, "sha256")[:_MAC_BYTES]

@@ -189,7 +189,9 @@ def async_url(url: str) -> str:
     return url
 
 
-_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, asyncio.TimeoutError)
+# sa.exc.TimeoutError: no pooled connection within the pool's timeout (a storm of requests
+# waiting for the pool); nothing was run, so it is UNAVAILABLE, not a server fault.
+_UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, asyncio.TimeoutError, sa.exc.TimeoutError)
 
 
 class Database:
@@ -201,7 +203,8 @@ class Database:
     with "database is locked" half-way.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10, application: str = "fieldsync") -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, pool_timeout: float = 30.0,
+                 application: str = "fieldsync") -> None:
         """``application``: the PostgreSQL application_name. The capture's commit trigger
         NOTIFYs for every other name; a server process tells its fan-out itself."""
         url = async_url(url)
@@ -211,7 +214,8 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, connect_args={"timeout": 30})
             _sqlite_transactions(self.engine)
         else:
-            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, connect_args={
+            self.engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                                              pool_timeout=pool_timeout, connect_args={
                 "server_settings": {"application_name": application}})
             _ping_when_idle(self.engine)
         self._write_lock = asyncio.Lock() if self.is_sqlite else None

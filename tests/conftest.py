@@ -70,8 +70,9 @@ async def _reset_pg(url: str) -> None:
 def settings(database_url: str, tmp_path) -> Settings:
     return Settings(database_url=database_url, redis_url=None, jwt_secret=b"fieldsync-test-secret-0123456789abcdef", data_dir=tmp_path,
                     max_body_bytes=256 * 1024, max_mutations=50,
-                    # Property tests sync one user from many client ids; the cap has its own tests.
-                    max_devices_per_user=100_000)
+                    # Property tests sync one user from many client ids, as fast as they can;
+                    # the cap and admission control (tests/test_admission.py) have their own tests.
+                    max_devices_per_user=100_000, rate_limits=False, max_snapshots=10_000)
 
 
 @pytest.fixture

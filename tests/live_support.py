@@ -82,7 +82,9 @@ class Server:
         return {**inherited, "FIELDSYNC_DATABASE_URL": self.settings.database_url,
                 "FIELDSYNC_JWT_SECRET": self.settings.jwt_secret.decode(),
                 "FIELDSYNC_DATA_DIR": str(self.data_dir), "PYTHONUNBUFFERED": "1",
-                "FIELDSYNC_MAX_DEVICES_PER_USER": str(self.settings.max_devices_per_user), **self.extra}
+                "FIELDSYNC_MAX_DEVICES_PER_USER": str(self.settings.max_devices_per_user),
+                "FIELDSYNC_RATE_LIMITS": "1" if self.settings.rate_limits else "0",
+                "FIELDSYNC_MAX_SNAPSHOTS": str(self.settings.max_snapshots), **self.extra}
 
     def start(self, timeout: float = 30) -> Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ BENCHES = {
     "client_decode_bench.py": ["rows/s"],
     "capture_bench.py": ["with / without capture triggers", "p50"],
     "push_bench.py": ["identical results: true", "nothing changed: true", "duplicates: 0", "p99"],
+    "snapshot_storm.py": ["time to all done", "refused and retried", "server RSS", "other than the snapshot cap's 503: 0"],
 }
 
 

@@ -56,7 +56,8 @@ class SyncMachine(RuleBasedStateMachine):
             await _reset_pg(url)
         services = build_services(Settings(database_url=url, redis_url=None,
                                            jwt_secret=b"fieldsync-test-secret-0123456789abcdef",
-                                           max_devices_per_user=100_000))  # a fresh device per check
+                                           # a fresh device per check, pulling flat out
+                                           max_devices_per_user=100_000, rate_limits=False))
         await upgrade(services.db)
         await seed(services, products_count=PRODUCTS)
         app = create_app(services.settings, services=services)

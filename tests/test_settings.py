@@ -36,6 +36,11 @@ def test_the_defaults_are_valid():
     ("DATABASE_URL", "mysql://db/x", "neither sqlite"),
     ("REDIS_URL", "localhost:6379", "redis://"),
     ("WS_IMPL", "websocket", "not one of"),
+    ("DEVICE_RATE", "0", "outside"),  # no request would ever be admitted again
+    ("USER_BURST", "0", "outside"),
+    ("MAX_SNAPSHOTS", "0", "outside"),  # every fresh device refused for good
+    ("SNAPSHOT_RETRY_AFTER", "soon", "not an integer"),
+    ("RATE_LIMITS", "sometimes", "not on or off"),
 ])
 def test_a_setting_the_server_cannot_serve_by_is_refused(name, value, words):
     with pytest.raises(ValueError, match=f"FIELDSYNC_{name}") as refused:

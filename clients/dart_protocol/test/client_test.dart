@@ -290,6 +290,51 @@ Future<void> clientChecks() async {
     await client.waitFor((s) => s.state == SyncState.live);
     await client.close();
   });
+  await checkAsync('a push refused with RATE_LIMITED goes again after retry_after, on the same socket', () async {
+    server
+      ..hellos.clear()
+      ..pushes.clear()
+      ..refusedAt.clear()
+      ..pushedAt.clear()
+      ..refusePushes = 1;
+    final outbox = MemoryOutbox();
+    await outbox.enqueue('order.create', {'id': uuidV4()});
+    await outbox.enqueue('order.create', {'id': uuidV4()});
+    final client = newClient(server, id: 'dev-limited-ws', outbox: outbox);
+    client.start();
+    await until(() => server.pushes.isNotEmpty && client.currentOutbox.pending == 0, 'pushed', ms: 5000);
+    expect(server.refusedAt.length == 1 && server.pushes.single.join(',') == '1,2', () => '${server.pushes}');
+    final waited = server.pushedAt.single.difference(server.refusedAt.single);
+    expect(waited >= const Duration(seconds: 1) && waited < const Duration(seconds: 3), () => 'waited $waited');
+    expect(server.hellos.length == 1, () => 'reconnected: ${server.hellos.length} hellos');
+    await client.close();
+    server.pushes.clear();
+  });
+  await checkAsync('an HTTP push refused with 429 waits retry_after plus jitter, then is sent once', () async {
+    server
+      ..webSocketUp = false
+      ..pushes.clear()
+      ..refusedAt.clear()
+      ..pushedAt.clear()
+      ..refusePushes = 1;
+    final outbox = MemoryOutbox();
+    await outbox.enqueue('order.create', {'id': uuidV4()});
+    final client = newClient(server, id: 'dev-limited-http', outbox: outbox);
+    final retries = <Duration>[];
+    client.status.listen((s) {
+      if (s.retryIn != null && s.error is SyncServerException) retries.add(s.retryIn!);
+    });
+    client.start();
+    await until(() => server.pushes.isNotEmpty && client.currentOutbox.pending == 0, 'pushed', ms: 5000);
+    expect(server.pushes.single.join(',') == '1', () => '${server.pushes}');
+    expect(retries.isNotEmpty && retries.first >= const Duration(seconds: 1) && retries.first <= const Duration(seconds: 2),
+        () => 'retry delays $retries');
+    expect(server.pushedAt.single.difference(server.refusedAt.single) >= const Duration(seconds: 1), () => 'too soon');
+    await client.close();
+    server
+      ..webSocketUp = true
+      ..pushes.clear();
+  });
   await checkAsync('REVOKED: the client stops retrying and says why', () async {
     server.hellos.clear();
     final client = newClient(server, id: 'dev-3');

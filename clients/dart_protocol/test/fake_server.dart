@@ -30,6 +30,20 @@ class FakeServer {
   final authHeaders = <String?>{};
   final sockets = <WebSocket>[];
 
+  /// Pushes still to refuse with RATE_LIMITED (`retry_after: 1`), and when each was.
+  int refusePushes = 0;
+  final refusedAt = <DateTime>[];
+  final pushedAt = <DateTime>[];
+
+  bool _refuse() {
+    if (refusePushes == 0) return false;
+    refusePushes--;
+    refusedAt.add(DateTime.now());
+    return true;
+  }
+
+  static const _limited = ErrorFrame('RATE_LIMITED', 'too many requests', retryAfter: 1);
+
   Uri get uri => Uri.parse('http://127.0.0.1:${http.port}');
 
   /// The server's whole history: three catalog rows, then a change.
@@ -92,9 +106,14 @@ class FakeServer {
       Map<String, Object?> answer;
       if (req.uri.path == '/sync/pull') {
         answer = after(PullRequest.fromMsgpack(body).cursor).toMsgpack();
+      } else if (req.uri.path == '/sync/push' && _refuse()) {
+        req.response.statusCode = 429;
+        req.response.headers.set('retry-after', '1');
+        answer = ErrorBody(_limited.code, _limited.message, retryAfter: _limited.retryAfter).toMsgpack();
       } else if (req.uri.path == '/sync/push') {
         final ms = PushRequest.fromMsgpack(body).mutations;
         pushes.add([for (final m in ms) m.id]);
+        pushedAt.add(DateTime.now());
         answer = PushResponse(results(ms)).toMsgpack();
       } else {
         req.response.statusCode = 404;
@@ -121,8 +140,11 @@ class FakeServer {
           }
         case AckFrame(:final cursor):
           acks.add(toHex(cursor));
+        case PushFrame() when _refuse():
+          ws.add(_limited.encode()); // the socket stays open, as the server does
         case PushFrame(:final mutations):
           pushes.add([for (final m in mutations) m.id]);
+          pushedAt.add(DateTime.now());
           ws.add(ResultsFrame(results(mutations)).encode());
         case PingFrame():
           ws.add(const PongFrame().encode());

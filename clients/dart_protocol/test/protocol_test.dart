@@ -28,6 +28,7 @@ String show(List<SyncAction> actions) => actions.map((a) => switch (a) {
       RecordResults(:final results) => 'record${results.map((r) => r.id).join(',')}',
       GoLive() => 'live',
       InFlightChanged(:final ids) => 'inFlight[${ids.join(',')}]',
+      RetryPushIn(:final delay) => 'retryIn${delay.inSeconds}s',
       CloseConnection(:final code) => 'close$code',
     }).join(' ');
 
@@ -118,6 +119,34 @@ void main() {
     p.connected(t0);
     final normal = p.closed(closeCode: 1000) as RetryAfter;
     expect(normal.error == null, () => 'a normal close is no error');
+  });
+  check('a push refused for now goes again on this connection after retry_after plus jitter', () {
+    for (final code in ['RATE_LIMITED', 'UNAVAILABLE']) {
+      final p = fresh();
+      p.handle(BatchStored(batch(1)));
+      expect(show(p.handle(OutboxRead(muts(2)))) == 'push1,2 inFlight[1,2]', () => 'push');
+      final refused = frame(p, ErrorFrame(code, 'later', retryAfter: 2));
+      final retry = refused.whereType<RetryPushIn>().single;
+      expect(show(refused).startsWith('inFlight[] retryIn'), () => show(refused));
+      expect(retry.delay >= const Duration(seconds: 2) && retry.delay <= const Duration(seconds: 4), () => '${retry.delay}');
+      expect(p.handle(const OutboxChanged()).isEmpty, () => '$code: pushed again before retry_after');
+      expect(show(p.handle(const PushDue())) == 'readOutbox', () => '$code: not resent when due');
+      expect(show(p.handle(OutboxRead(muts(2)))) == 'push1,2 inFlight[1,2]', () => '$code: the same ids again');
+    }
+  });
+  check('a close after retry_after waits that plus jitter, not in lock-step', () {
+    final delays = <Duration>{};
+    for (var seed = 0; seed < 8; seed++) {
+      final p = LiveProtocol(backoff: Backoff(random: Random(seed)))..connected(t0);
+      frame(p, const ErrorFrame('RATE_LIMITED', 'slow down', retryAfter: 3));
+      final delay = (p.closed(closeCode: 4429) as RetryAfter).delay;
+      expect(delay >= const Duration(seconds: 3) && delay <= const Duration(seconds: 6), () => '$delay');
+      delays.add(delay);
+    }
+    expect(delays.length > 4, () => 'devices refused together come back together: $delays');
+    final p = fresh();
+    final http = p.closed(failure: SyncServerException('UNAVAILABLE', 'snapshots', status: 503, retryAfter: 2));
+    expect((http as RetryAfter).delay >= const Duration(seconds: 2), () => '503: ${http.delay}');
   });
   check('the core library imports no dart:io and no dart:ffi (web-safe)', () {
     final lib = Directory.fromUri(Platform.script.resolve('../lib/'));

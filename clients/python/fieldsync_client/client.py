@@ -38,12 +38,15 @@ log = logging.getLogger("fieldsync.client")
 
 TokenSource = str | Callable[[], str | Awaitable[str]]
 AUTH_CODES = frozenset({"AUTH_REQUIRED", "AUTH_INVALID"})
+RETRY_CODES = frozenset({"RATE_LIMITED", "UNAVAILABLE"})  # refused for now: again after retry_after
 CLOSE_CODES = {4400: "BAD_REQUEST", 4401: "AUTH_INVALID", 4403: "FORBIDDEN", 4410: "REVOKED",
                4426: "UNSUPPORTED_VERSION"}
 
 
 class ConnectionLost(Exception):
-    pass
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # from the error frame that came before the close
 
 
 def _pack(frame: dict[str, Any]) -> bytes:
@@ -82,6 +85,8 @@ class SyncClient(HttpFallback):
         self._link: str | None = None
         self._closing = self._reached_live = self._push_blocked = False
         self._inflight: list[int] = []
+        self._push_after = 0.0  # monotonic: a push refused with retry_after waits until then
+        self._retry_after: float | None = None  # of this connection's last error frame
         self._ws_failed_at = float("-inf")
         self._counts = {"batches": 0, "rows": 0, "catchup_batches": 0, "catchup_rows": 0, "connects": 0}
         self._last_applied_at: float | None = None
@@ -217,7 +222,7 @@ class SyncClient(HttpFallback):
                 await self._online_evt.wait()
                 continue
             self._step(State.CONNECTING)
-            at_least = 0.0
+            retry_after = None
             try:
                 await self._session()
             except SyncFatal as fatal:
@@ -228,7 +233,7 @@ class SyncClient(HttpFallback):
                     return
             except (ConnectionLost, ConnectionClosed, SyncHttpError, httpx.HTTPError, *WS_OPEN_ERRORS) as error:
                 self._last_error = f"{type(error).__name__}: {error}"
-                at_least = float(getattr(error, "retry_after", None) or 0)
+                retry_after = getattr(error, "retry_after", None)
             except Exception as error:  # noqa: BLE001 - e.g. a local store failure: retry from the stored cursor
                 log.warning("fieldsync session failed: %r", error)
                 self._last_error = f"{type(error).__name__}: {error}"
@@ -240,7 +245,8 @@ class SyncClient(HttpFallback):
             if self._next_conn is None and self.online and not self._closing:
                 self._interrupt.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._interrupt.wait(), self.backoff.next(at_least))
+                    delay = self.backoff.after(retry_after) if retry_after else self.backoff.next()
+                    await asyncio.wait_for(self._interrupt.wait(), delay)
 
     async def _token(self) -> str:
         token = self._token_source
@@ -292,7 +298,7 @@ class SyncClient(HttpFallback):
                              max_size=64 * 1024 * 1024, ping_interval=20, ping_timeout=20, close_timeout=2)
 
     async def _ws_session(self, conn: ClientConnection) -> None:
-        self._conn, self._link = conn, "ws"
+        self._conn, self._link, self._retry_after = conn, "ws", None
         writer: asyncio.Task | None = None
         over = asyncio.Event()
         try:
@@ -321,7 +327,7 @@ class SyncClient(HttpFallback):
         code, reason = conn.close_code, conn.close_reason or ""
         if code in CLOSE_CODES:
             raise SyncFatal(CLOSE_CODES[code], reason)
-        raise ConnectionLost(f"WebSocket closed ({code} {reason})".strip())
+        raise ConnectionLost(f"WebSocket closed ({code} {reason})".strip(), self._retry_after)
 
     async def _on_frame(self, conn: ClientConnection, frame: dict[str, Any]) -> None:
         kind = frame.get("t")
@@ -337,7 +343,14 @@ class SyncClient(HttpFallback):
         elif kind == "error":
             code = frame.get("code")
             self._last_error = f"{code}: {frame.get('message')}"
-            if self._inflight and code in ("PAYLOAD_TOO_LARGE", "BAD_REQUEST"):  # the push frame was refused
+            retry_after = frame.get("retry_after")
+            if isinstance(retry_after, int) and not isinstance(retry_after, bool) and retry_after > 0:
+                self._retry_after = retry_after  # kept for a close that follows (hello refused)
+                if self._inflight and code in RETRY_CODES:  # the push frame was refused: resend it later
+                    self._push_after = time.monotonic() + self.backoff.after(retry_after)
+                    self._inflight = []
+                    self._wake.set()
+            elif self._inflight and code in ("PAYLOAD_TOO_LARGE", "BAD_REQUEST"):  # the push frame was refused
                 self._push_blocked = code == "BAD_REQUEST"  # a client bug: do not resend it in a loop
                 self.push_batch = max(1, self.push_batch // 2)
                 self._inflight = []
@@ -349,14 +362,18 @@ class SyncClient(HttpFallback):
         last_sent = time.monotonic()
         try:
             while not over.is_set():
-                wait = self.ping_interval - (time.monotonic() - last_sent)
+                now = time.monotonic()
+                wait = self.ping_interval - (now - last_sent)
+                if self._push_after > now:  # a refused push is due again then
+                    wait = min(wait, self._push_after - now)
                 if wait > 0:
                     with contextlib.suppress(asyncio.TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
                 self._wake.clear()
                 if over.is_set():
                     return
-                if self.state is State.LIVE and not self._inflight and not self._push_blocked:
+                if self.state is State.LIVE and not self._inflight and not self._push_blocked \
+                        and time.monotonic() >= self._push_after:
                     batch = self.outbox.pending(self.push_batch)
                     if batch:
                         self._inflight = [entry.id for entry in batch]

@@ -83,5 +83,10 @@ class Backoff:
         self.attempt += 1
         return max(at_least, ceiling / 2 + self.rng.uniform(0, ceiling / 2))
 
+    def after(self, retry_after: float) -> float:
+        """The server said when (``retry_after``, RATE_LIMITED or UNAVAILABLE): that long plus
+        up to as long again, so devices refused together do not all come back together."""
+        return retry_after + self.rng.uniform(0, retry_after)
+
     def reset(self) -> None:
         self.attempt = 0

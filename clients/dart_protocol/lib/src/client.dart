@@ -68,6 +68,7 @@ class SyncClient {
   Future<void>? _loop;
   Completer<void>? _wake;
   LiveSession? _live;
+  Timer? _pushTimer; // a push refused for now goes again when it fires
 
   SyncState get state => _machine.state;
   SyncStatus get currentStatus => _status;
@@ -223,6 +224,8 @@ class SyncClient {
       await _frames(s);
     } finally {
       pinger.cancel();
+      _pushTimer?.cancel();
+      _pushTimer = null;
       if (identical(_live, s)) _live = null;
       await s.close(); // the server closed: finish the handshake so the socket is released
     }
@@ -282,6 +285,9 @@ class SyncClient {
             await _drive(s, protocol.handle(const ResultsRecorded()));
           case InFlightChanged():
             await _emitOutbox();
+          case RetryPushIn(:final delay):
+            _pushTimer?.cancel();
+            _pushTimer = Timer(delay, () => unawaited(_drive(s, protocol.handle(const PushDue()))));
           case CloseConnection(:final code, :final reason):
             await s.close(code, reason);
         }

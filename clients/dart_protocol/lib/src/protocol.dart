@@ -8,9 +8,12 @@
 /// The rules it holds: ack a batch only after it is stored; live at the
 /// first `more = false`; one push in flight; a push refused whole
 /// (an error frame while it is out) is not resent on this connection, and
-/// `PAYLOAD_TOO_LARGE` halves the chunk; a ping every interval and a drop
-/// after two intervals of silence; reconnect with back-off (at least the
-/// server's `retry_after`), except for codes where retrying cannot help.
+/// `PAYLOAD_TOO_LARGE` halves the chunk, except a push refused for now
+/// (`RATE_LIMITED` or `UNAVAILABLE` with `retry_after`): that one is resent
+/// on the same connection after `retry_after` plus jitter; a ping every
+/// interval and a drop after two intervals of silence; reconnect with
+/// back-off (the server's `retry_after` plus jitter when it gave one), except
+/// for codes where retrying cannot help.
 library;
 
 import 'dart:math';
@@ -52,6 +55,11 @@ class ResultsRecorded extends SyncEvent {
 /// The app queued a mutation (worth a push if none is out).
 class OutboxChanged extends SyncEvent {
   const OutboxChanged();
+}
+
+/// The timer of a [RetryPushIn] fired: the refused push may go again.
+class PushDue extends SyncEvent {
+  const PushDue();
 }
 
 /// The ping timer fired.
@@ -99,6 +107,13 @@ class InFlightChanged extends SyncAction {
   final List<int> ids;
 }
 
+/// The server refused the push for now: feed [PushDue] after [delay]
+/// (the mutations stay pending; the same ids go again).
+class RetryPushIn extends SyncAction {
+  const RetryPushIn(this.delay);
+  final Duration delay;
+}
+
 class CloseConnection extends SyncAction {
   const CloseConnection(this.code, this.reason, this.error);
   final int code;
@@ -143,13 +158,14 @@ class LiveProtocol {
   bool wentLive = false;
   bool _pushing = false; // a push is out, or the outbox is being read for one
   bool _blocked = false; // a push was refused whole: not again on this connection
+  bool _held = false; // a push was refused for now: not before PushDue
   List<int> inFlight = const [];
   Object? error;
   DateTime _lastFrame = DateTime.fromMillisecondsSinceEpoch(0);
 
   /// A new connection is open and `hello` went out.
   void connected(DateTime now) {
-    live = wentLive = _pushing = _blocked = false;
+    live = wentLive = _pushing = _blocked = _held = false;
     inFlight = const [];
     error = null;
     _lastFrame = now;
@@ -163,6 +179,7 @@ class LiveProtocol {
           ],
         OutboxRead(:final pending) => _push(pending),
         ResultsRecorded() || OutboxChanged() => _wantPush(),
+        PushDue() => _pushDue(),
         Tick(:final now) => _tick(now),
       };
 
@@ -180,8 +197,13 @@ class LiveProtocol {
         if (!_pushing) return const [];
         // Most likely our push was refused whole (e.g. too large).
         _pushing = false;
-        _blocked = true;
         inFlight = const [];
+        final retryAfter = frame.retryAfter;
+        if (retryAfter != null && retryAfter > 0 && _retryable(frame.errorCode)) {
+          _held = true; // refused for now: the same mutations again later, on this socket
+          return [const InFlightChanged([]), RetryPushIn(backoff.after(retryAfter))];
+        }
+        _blocked = true;
         if (frame.errorCode == ErrorCode.payloadTooLarge) chunk = max(1, chunk ~/ 2);
         return const [InFlightChanged([])];
       case PongFrame():
@@ -198,8 +220,15 @@ class LiveProtocol {
     return _wantPush();
   }
 
+  static bool _retryable(ErrorCode? code) => code == ErrorCode.rateLimited || code == ErrorCode.unavailable;
+
+  List<SyncAction> _pushDue() {
+    _held = false;
+    return _wantPush();
+  }
+
   List<SyncAction> _wantPush() {
-    if (!live || _pushing || _blocked) return const [];
+    if (!live || _pushing || _blocked || _held) return const [];
     _pushing = true;
     return const [ReadOutbox()];
   }
@@ -249,10 +278,9 @@ class LiveProtocol {
     }
     if (wentLive) backoff.reset();
     wentLive = false;
-    var delay = backoff.next();
-    if (e is SyncServerException && e.retryAfter != null) {
-      delay = Duration(microseconds: max(delay.inMicroseconds, e.retryAfter! * 1000000));
-    }
+    final retryAfter = e is SyncServerException ? e.retryAfter : null;
+    // The server said when (RATE_LIMITED, UNAVAILABLE): then, plus jitter.
+    final delay = retryAfter != null && retryAfter > 0 ? backoff.after(retryAfter) : backoff.next();
     return RetryAfter(delay, e);
   }
 }

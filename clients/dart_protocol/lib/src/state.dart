@@ -152,6 +152,13 @@ class Backoff {
     return Duration(microseconds: half + (half == 0 ? 0 : _random.nextInt(half + 1)));
   }
 
+  /// The server said when ([retryAfterSeconds] of `retry_after`): that long
+  /// plus up to as long again, so devices refused together come back apart.
+  Duration after(int retryAfterSeconds) {
+    final us = retryAfterSeconds * 1000000;
+    return Duration(microseconds: us + _random.nextInt(us + 1));
+  }
+
   /// A connection worked: start over from [initial].
   void reset() => attempt = 0;
 }
