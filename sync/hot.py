@@ -98,7 +98,7 @@ async def _build_scope(db: Database, tenant_id: int, ds: Dataset, scope: Scope, 
         rows = [list(r) for r in await conn.execute(
             sa.select(*(ds.sql(c) for c in ds.columns))
             .where(tenant_clause(ds.table, tenant_id), scope.clause(ds.table, values, now_ms()))
-            .order_by(ds.sql(ds.key)))]
+            .order_by(*ds.order()))]
     pages = [rows[start:start + page_rows] for start in range(0, len(rows), page_rows)] or [[]]
     now = now_ms()
     async with db.write() as conn:

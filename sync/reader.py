@@ -22,7 +22,7 @@ from .changes import now_ms
 from . import hot
 from .cursor import Cursor, CursorCodec
 from .messages import PROTOCOL_VERSION, DatasetBatch, PullResponse
-from .schema import KEY, Dataset, Principal, Registry, Scope, decode_key, tenant_clause, wire_type
+from .schema import KEY, Dataset, Principal, Registry, Scope, tenant_clause
 from .storage import Database, change_log, log_head
 
 _CHUNK = 500
@@ -181,15 +181,14 @@ class Reader:
                     tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now)))
             if isinstance(cursor.after, list):  # was paging pre-built pages: go on from its last key
                 cursor.after = cursor.after[0]
-            key = ds.sql(ds.key)
             query = (
                 sa.select(*(ds.sql(c) for c in ds.columns))
                 .where(tenant_clause(ds.table, principal.tenant_id), scope.clause(ds.table, values[ds.name], now))
-                .order_by(key)
+                .order_by(*ds.order())
                 .limit(want)
             )
             if cursor.after is not None:
-                query = query.where(key > cursor.after)
+                query = query.where(ds.after(cursor.after))
             rows = [list(r) for r in await conn.execute(query)]
             batch.put(ds, rows)
             if len(rows) < want:
@@ -349,14 +348,6 @@ def _typed(ds: Dataset, keys: list[str]) -> list[Any]:
     return [int(k) for k in keys] if ds.types[ds.columns.index(ds.key)] == "int" else keys
 
 
-def _key_in(ds: Dataset, keys: list[Any]) -> sa.ColumnElement[bool]:
-    """The rows of these keys; a composite key by its columns, so the table's index serves."""
-    if len(ds.key_parts) == 1:
-        return ds.table.c[ds.key].in_(keys)
-    columns = [ds.table.c[p] for p in ds.key_parts]
-    typed = [[int(v) if wire_type(c) == "int" else v for c, v in zip(columns, decode_key(k))] for k in keys]
-    return sa.tuple_(*columns).in_([tuple(t) for t in typed if len(t) == len(columns)])
-
 
 async def _current(conn: AsyncConnection, principal: Principal, ds: Dataset, keys: list[str],
                    values: set[Any], batch: Batch, now: int, shared: SharedReads | None = None) -> None:
@@ -386,7 +377,7 @@ async def _read_rows(conn: AsyncConnection, tenant_id: int, ds: Dataset, keys: l
     found: dict[Any, dict[str, Any]] = {}
     for start in range(0, len(keys), _CHUNK):
         query = sa.select(*(ds.sql(c) for c in names)).where(
-            tenant_clause(ds.table, tenant_id), _key_in(ds, keys[start:start + _CHUNK])
+            tenant_clause(ds.table, tenant_id), ds.key_in(keys[start:start + _CHUNK])
         )
         for row in (await conn.execute(query)).mappings():
             found[row[ds.key]] = dict(row)

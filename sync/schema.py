@@ -213,6 +213,28 @@ class Dataset:
             return key_text(self.table, self.key_parts).label(KEY)
         return self.table.c[column]
 
+    # A composite key is ordered and looked up by its columns, which the table's own key
+    # index serves, never by its ``_key`` text.
+    def order(self) -> list[sa.Column]:
+        """The snapshot order: the key's columns."""
+        return [self.table.c[p] for p in self.key_parts]
+
+    def _parts(self, key: str) -> tuple[Any, ...]:
+        return tuple(int(v) if wire_type(c) == "int" else v for c, v in zip(self.order(), decode_key(key)))
+
+    def after(self, key: Any) -> sa.ColumnElement[bool]:
+        """The rows after ``key`` (a wire key) in snapshot order."""
+        if len(self.key_parts) == 1:
+            return self.table.c[self.key] > key
+        return sa.tuple_(*self.order()) > sa.tuple_(*(sa.literal(v) for v in self._parts(key)))
+
+    def key_in(self, keys: Sequence[Any]) -> sa.ColumnElement[bool]:
+        """The rows of these wire keys."""
+        if len(self.key_parts) == 1:
+            return self.table.c[self.key].in_(keys)
+        parts = [self._parts(k) for k in keys]
+        return sa.tuple_(*self.order()).in_([p for p in parts if len(p) == len(self.key_parts)])
+
     # Both are read on every pull: computed once (a dataset is immutable once declared).
     @functools.cached_property
     def types(self) -> list[str]:

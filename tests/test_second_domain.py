@@ -156,3 +156,23 @@ async def test_the_back_office_writes_a_text_keyed_table_of_a_single_company(not
     assert deleted.json() == {"upserted": 0, "deleted": 1}
     await tablet.sync()
     assert "office-1" not in tablet.replica.rows("notes")
+
+
+async def test_a_composite_keyed_snapshot_pages_by_the_key_columns(notes_services, notes_client):
+    # Ordered by (note_id, line), not by the `_key` text: "n|1" < "n|10" < "n|2" as text.
+    sql = PlainSql(notes_services.settings)
+    async with watching(notes_services):
+        await sql.run([line(note_id, number, AUTHOR, f"{note_id} {number}")
+                       for note_id in ("n", "n|x", "m") for number in (1, 2, 10, 11)])
+        await settled(notes_services)
+    tablet = HttpSync(notes_client, author_token(notes_services), "tablet-5",
+                      Replica({"notes": "note_id", "lines": "_key"}))
+    seen: list[str] = []
+    while True:
+        response = await tablet.pull_once(limit=3)
+        seen += [row[-1] for row in response["data"].get("lines", {}).get("rows", [])]
+        if not response["more"]:
+            break
+    assert len(seen) == len(set(seen)) == 12, seen
+    assert seen[:4] == ["m|1", "m|2", "m|10", "m|11"], "in key order, each once"
+    assert set(tablet.replica.rows("lines")) == set(seen)
