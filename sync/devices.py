@@ -53,7 +53,7 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
     """
     if credential is not None and credential.device is not None and credential.device != client_id:
         raise AuthError(ErrorCode.FORBIDDEN, f"this token is bound to device {credential.device}, not {client_id}")
-    async with db.read() as conn:
+    async with db.peek() as conn:
         row = (await conn.execute(
             sa.select(devices.c.user_id, devices.c.last_seen, devices.c.revoked_at, devices.c.enrolled_at,
                       devices.c.token_hash, devices.c.app_version)

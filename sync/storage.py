@@ -223,6 +223,7 @@ class Database:
         if not self.is_sqlite:
             read_options["isolation_level"] = "REPEATABLE READ"
         self._reader = self.engine.execution_options(**read_options)
+        self._peeker = None if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._writer = self.engine.execution_options(fs_mode="write")
         #: Called after each commit that appended to the log: ``(tenant_id, seq, buckets)``.
         self.commit_listeners: list[Callable[[int, int, frozenset[str]], None]] = []
@@ -240,6 +241,18 @@ class Database:
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self._guard(), self._timed(self._reader) as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def peek(self) -> AsyncIterator[AsyncConnection]:
+        """Lookups that need no snapshot of their own (who a token names, whether a device
+        is known): on PostgreSQL each statement runs alone, with no BEGIN and ROLLBACK
+        round trips around it; every pull and push starts with such lookups."""
+        if self._peeker is None:
+            async with self.read() as conn:
+                yield conn
+            return
+        async with self._guard(), self._timed(self._peeker) as conn:
             yield conn
 
     @asynccontextmanager

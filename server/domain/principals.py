@@ -24,7 +24,7 @@ async def principal_for(db: Database, claims: dict) -> Principal:
         .outerjoin(branches, branches.c.id == users.c.branch_id)
         .where(users.c.id == int(claims["sub"]), users.c.tenant_id == claims["tid"])
     )
-    async with db.read() as conn:
+    async with db.peek() as conn:
         row = (await conn.execute(query)).first()
     if row is None or row.role != claims["role"]:
         raise AuthError(ErrorCode.AUTH_INVALID, "the token names an unknown user")
