@@ -358,6 +358,26 @@ async def close_all() -> None:
     await asyncio.gather(*(client.close() for client in list(WsClient.opened)))
 
 
+@contextlib.asynccontextmanager
+async def launching(settings, directory: Path, base_env: dict[str, str] | None = None):
+    """``start(**env)`` runs a ``fieldsync serve`` on the test's database, with ``base_env``
+    under ``env``; every client and server is stopped on the way out."""
+    started: list[Server] = []
+
+    async def start(**env: str) -> Server:
+        server = Server(settings, directory / f"server{len(started)}", env={**(base_env or {}), **env},
+                        name=f"server{len(started)}")
+        started.append(server)
+        return await asyncio.to_thread(server.start)
+
+    try:
+        yield start
+    finally:
+        await close_all()
+        for server in started:
+            await asyncio.to_thread(server.stop)
+
+
 async def connect_device(url: str, token: str, client_id: str, replica: Replica, *, header: bool = True,
                          timeout: float = 15.0) -> WsClient:
     """Open, say hello from the replica's cursor and catch up to ``more = false``."""

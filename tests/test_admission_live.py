@@ -17,7 +17,7 @@ from fieldsync_client import Backoff, Replica, SyncClient
 from server.domain.tables import orders
 from sync.storage import mutation_ledger
 
-from .live_support import Server, WsClient, close_all, connect_device, fresh_pull
+from .live_support import Server, WsClient, connect_device, fresh_pull, launching
 from .support import seed, token
 
 pytestmark = pytest.mark.slow
@@ -33,17 +33,8 @@ async def world(services):
 
 @pytest.fixture
 async def launch(services, tmp_path):
-    started: list[Server] = []
-
-    async def start(**env: str) -> Server:
-        server = Server(services.settings, tmp_path / f"server{len(started)}", env=env, name=f"server{len(started)}")
-        started.append(server)
-        return await asyncio.to_thread(server.start)
-
-    yield start
-    await close_all()
-    for server in started:
-        await asyncio.to_thread(server.stop)
+    async with launching(services.settings, tmp_path, None) as start:
+        yield start
 
 
 def order_create(mid: int) -> dict:

@@ -31,7 +31,7 @@ from sync.messages import PROTOCOL_VERSION
 from sync.storage import devices
 
 from .live_support import (
-    Server, WsClient, WsClosed, admin_post, admin_write, assert_same, close_all, connect_device, converge, fresh_pull,
+    Server, WsClient, WsClosed, admin_post, admin_write, assert_same, connect_device, converge, fresh_pull, launching,
     pack,
 )
 from .support import seed, token
@@ -50,18 +50,8 @@ async def world(services):
 @pytest.fixture
 async def launch(services, tmp_path):
     """Start ``fieldsync serve`` processes on the test's database (stopped at teardown)."""
-    started: list[Server] = []
-
-    async def start(**env: str) -> Server:
-        server = Server(services.settings, tmp_path / f"server{len(started)}", env={**BASE_ENV, **env},
-                        name=f"server{len(started)}")
-        started.append(server)
-        return await asyncio.to_thread(server.start)
-
-    yield start
-    await close_all()
-    for server in started:
-        await asyncio.to_thread(server.stop)
+    async with launching(services.settings, tmp_path, BASE_ENV) as start:
+        yield start
 
 
 def changes_with(frame: dict, dataset: str, key: int) -> bool:
