@@ -19,6 +19,8 @@ import sqlalchemy as sa
 from fieldsync_client import HttpSync, Replica
 from server.app import build_services, create_app
 from server.migrations import upgrade
+from server.plugin import Domain, claims_only
+from sync.schema import Dataset, Registry, Scope
 
 from . import field_notes
 from .conftest import _reset_pg
@@ -176,3 +178,44 @@ async def test_a_composite_keyed_snapshot_pages_by_the_key_columns(notes_service
     assert len(seen) == len(set(seen)) == 12, seen
     assert seen[:4] == ["m|1", "m|2", "m|10", "m|11"], "in key order, each once"
     assert set(tablet.replica.rows("lines")) == set(seen)
+
+
+visits = sa.Table("site_visits", sa.MetaData(), sa.Column("visit_id", sa.Uuid(as_uuid=False), primary_key=True),
+                  sa.Column("author", sa.Integer, nullable=False), sa.Column("note", sa.Text, nullable=False))
+
+
+def visits_registry(jobs: object = None) -> Registry:
+    registry = Registry()
+    registry.table(visits, key="visit_id")
+    registry.dataset(Dataset("visits", visits, ("visit_id", "author", "note"), key="visit_id",
+                             scopes={"author": Scope(partition="author", values=lambda p: [p.user_id])}))
+    return registry
+
+
+async def test_a_uuid_keyed_table_syncs_as_text(settings):
+    if settings.embedded:
+        pytest.skip("uuid is a PostgreSQL type: on SQLite a uuid column is text, declared sa.Text")
+    await _reset_pg(settings.database_url)
+    sql = PlainSql(settings)
+    await sql.run(["CREATE TABLE site_visits (visit_id uuid PRIMARY KEY, author integer NOT NULL, note text NOT NULL)"])
+    domain = Domain("site-visits", visits_registry, claims_only(("author",)), ("author",))
+    services = build_services(settings, domain=domain)
+    await upgrade(services.db, domain)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        async with watching(services):
+            await sql.run([f"INSERT INTO site_visits VALUES ('{first}', {AUTHOR}, 'one'), ('{second}', {AUTHOR}, 'two')"])
+            await settled(services)
+        app = create_app(settings, services=services)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fieldsync") as http:
+            tablet = HttpSync(http, author_token(services), "tablet-6", Replica({"visits": "visit_id"}))
+            await tablet.sync()
+            assert sorted(tablet.replica.rows("visits")) == sorted([first, second])
+            async with watching(services):
+                await sql.run([f"UPDATE site_visits SET note = 'edited' WHERE visit_id = '{first}'",
+                               f"DELETE FROM site_visits WHERE visit_id = '{second}'"])
+                await settled(services)
+            await tablet.sync()
+            assert {k: r["note"] for k, r in tablet.replica.rows("visits").items()} == {first: "edited"}
+    finally:
+        await services.db.dispose()
