@@ -94,19 +94,19 @@ class Pusher:
         return results
 
     async def _push_group(self, principal: Principal, client_id: str, group: list[Mutation]) -> list[MutationResult]:
-        for _ in range(_RETRIES):
+        for attempt in range(_RETRIES):
             try:
                 return await self._apply_group(principal, client_id, group)
             except sa.exc.DBAPIError as exc:
                 # A deadlock with another push: the group's locks are taken mutation by
                 # mutation, so two groups can wait on each other. All of it rolled back.
-                if not _is_retryable(exc):
+                if not _is_retryable(exc) or (len(group) == 1 and attempt == _RETRIES - 1):
                     raise
                 log.info("push group %s:%s.. retried after %s", client_id, group[0].id,
                          str(exc.orig).splitlines()[0][:120])
-        # Deadlocked every time: one transaction per mutation holds the locks of one
-        # mutation only, taken in a stable order, and cannot deadlock with its own kind.
-        return [await self.apply(principal, client_id, m) for m in group]
+        # Deadlocked every time: groups of one hold the locks of one mutation only, taken in
+        # a stable order, and cannot deadlock with their own kind.
+        return [result for m in group for result in await self._push_group(principal, client_id, [m])]
 
     async def _apply_group(self, principal: Principal, client_id: str, group: list[Mutation]) -> list[MutationResult]:
         after = _AfterCommit()
@@ -138,8 +138,8 @@ class Pusher:
         try:
             async with changes.conn.begin_nested():
                 outcome, ctx = await self._run(changes, principal, client_id, m)
-        except _Refused as refused:
-            return _refusal(m, refused.refusal)
+        except MutationRejected as refusal:  # its savepoint rolled back the handler's writes
+            return _refusal(m, refusal)
         except sa.exc.DataError as exc:
             # A value the database cannot hold slipped past validation: refuse it for good
             # rather than fail the push, which would block the outbox.
@@ -154,68 +154,23 @@ class Pusher:
             after.add(ctx)
         return outcome
 
-    # -- one mutation per transaction: the fallback after repeated deadlocks -------------
-
-    async def apply(self, principal: Principal, client_id: str, mutation: Mutation) -> MutationResult:
-        refusal: MutationRejected | None = None
-        for attempt in range(_RETRIES):
-            try:
-                return await self._apply_once(principal, client_id, mutation, refusal)
-            except _Refused as refused:
-                # The handler's writes are rolled back with its transaction; the refusal is
-                # recorded in a fresh one (or a concurrent duplicate's result is replayed).
-                refusal = refused.refusal
-            except sa.exc.DataError as exc:
-                log.warning("mutation %s:%s refused: %s", client_id, mutation.id, exc.orig)
-                refusal = MutationRejected(ErrorCode.INVALID_ARGS, "an argument is out of range for this server")
-            except sa.exc.IntegrityError as exc:
-                # Either a concurrent push of the same mutation won the race (the next
-                # attempt finds its ledger entry and replays it) or the mutation collides
-                # with existing rows: then the next attempt records that refusal.
-                log.info("mutation %s:%s hit %s; retrying", client_id, mutation.id, str(exc.orig).splitlines()[0])
-                refusal = MutationRejected(ErrorCode.CONFLICT, "the mutation conflicts with rows already on the server")
-            except sa.exc.DBAPIError as exc:
-                if not _is_retryable(exc):
-                    raise
-                log.info("mutation %s:%s retried after %s", client_id, mutation.id, type(exc.orig).__name__)
-        return await self._apply_once(principal, client_id, mutation, refusal)
-
-    async def _apply_once(self, principal: Principal, client_id: str, m: Mutation,
-                          refusal: MutationRejected | None) -> MutationResult:
-        after = _AfterCommit()
-        async with self.db.write() as conn:
-            epoch = await _claim(conn, principal, client_id, m.id)
-            if epoch is None:
-                return await _replay(conn, principal, client_id, m)
-            changes = ChangeSet(self.db, conn, self.registry, principal.tenant_id)
-            if refusal is None:
-                outcome, ctx = await self._run(changes, principal, client_id, m)
-                if ctx is not None:
-                    after.add(ctx)
-            else:
-                outcome = _refusal(m, refusal)
-            await changes.insert(mutation_ledger, [_ledger_row(principal, client_id, epoch, m, outcome)])
-            seq = await changes.commit_position()
-        if seq is not None:
-            self.db.notify(principal.tenant_id, seq, changes.buckets)
-        await after.run(self.registry)
-        return outcome
-
     async def _run(self, changes: ChangeSet, principal: Principal, client_id: str,
                    m: Mutation) -> tuple[MutationResult, MutationContext | None]:
-        """The handler's outcome and its context (what it asked to run after commit)."""
+        """The handler's outcome and its context (what it asked to run after commit).
+
+        Raises:
+            MutationRejected: the mutation is refused (unknown, not the role's, bad
+                arguments, or by its handler).
+        """
         spec = self.registry.mutations.get(m.name)
-        try:
-            if spec is None:
-                raise MutationRejected(ErrorCode.UNKNOWN_MUTATION, f"no mutation named {m.name!r}")
-            if principal.role not in spec.roles:
-                raise MutationRejected(ErrorCode.FORBIDDEN, f"role {principal.role} may not {m.name}")
-            spec.check_args(m.args)
-            _check_storable(m.args)
-            ctx = MutationContext(changes, principal, client_id, m.id, m.at, now_ms())
-            result = await spec.handler(ctx, m.args)
-        except MutationRejected as refusal:
-            raise _Refused(refusal) from None
+        if spec is None:
+            raise MutationRejected(ErrorCode.UNKNOWN_MUTATION, f"no mutation named {m.name!r}")
+        if principal.role not in spec.roles:
+            raise MutationRejected(ErrorCode.FORBIDDEN, f"role {principal.role} may not {m.name}")
+        spec.check_args(m.args)
+        _check_storable(m.args)
+        ctx = MutationContext(changes, principal, client_id, m.id, m.at, now_ms())
+        result = await spec.handler(ctx, m.args)
         outcome: MutationResult = {"id": m.id, "status": "applied"}
         if result is not None:
             outcome["result"] = result
@@ -224,29 +179,6 @@ class Pusher:
 
 def _refusal(m: Mutation, refusal: MutationRejected) -> MutationResult:
     return {"id": m.id, "status": "rejected", "code": refusal.code.value, "message": refusal.message}
-
-
-class _Refused(Exception):
-    """Internal: unwinds the handler's transaction so the refusal is recorded on its own."""
-
-    def __init__(self, refusal: MutationRejected) -> None:
-        self.refusal = refusal
-
-
-async def _claim(conn: AsyncConnection, principal: Principal, client_id: str, mutation_id: int) -> int | None:
-    """Raise the device's high-water mark to this id; returns the device's ledger epoch, or
-    None when the mark is already there (or the device is not the principal's).
-
-    The row lock this takes serialises the device's pushes until commit.
-    """
-    claimed = await conn.execute(
-        sa.update(devices)
-        .where(devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id,
-               devices.c.user_id == principal.user_id, devices.c.last_mutation_id < mutation_id)
-        .values(last_mutation_id=mutation_id, last_seen=now_ms())
-        .returning(devices.c.epoch)
-    )
-    return claimed.scalar()
 
 
 async def _lock_device(conn: AsyncConnection, db: Database, principal: Principal, client_id: str) -> tuple[int, int]:
@@ -296,13 +228,6 @@ def _not_above(m: Mutation, mark: int) -> MutationResult:
     return {"id": m.id, "status": "rejected", "code": ErrorCode.CONFLICT.value,
             "message": f"mutation id {m.id} is not above {mark}, the last this device sent; "
                        "ids must strictly increase"}
-
-
-async def _replay(conn: AsyncConnection, principal: Principal, client_id: str, m: Mutation) -> MutationResult:
-    device = (await conn.execute(_device_query(principal, client_id))).first()
-    _check_device(device, principal, client_id)
-    stored = await _stored(conn, principal, client_id, device.epoch, [m.id])
-    return stored.get(m.id) or _not_above(m, device.last_mutation_id)
 
 
 def _result_of(row: Any) -> MutationResult:
