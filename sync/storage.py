@@ -8,6 +8,7 @@ Domain tables join the same :data:`metadata` so one Alembic history covers every
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -194,6 +195,13 @@ def async_url(url: str) -> str:
 _UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, OSError, asyncio.TimeoutError, sa.exc.TimeoutError)
 
 
+
+@functools.lru_cache(maxsize=64)
+def _for_update(query: sa.Select, of: sa.Table | None) -> sa.Select:
+    """The locking twin of a statement built once (a handler's prebuilt read), built once
+    too: building it and its cache key per call cost more than running it (issue 13)."""
+    return query.with_for_update() if of is None else query.with_for_update(of=of)
+
 class Database:
     """An async engine plus the transaction discipline the change log needs.
 
@@ -291,9 +299,7 @@ class Database:
         """``query`` taking row locks for update, where the database has them (SQLite has one
         writer at a time, so a write transaction's reads cannot race another's); ``of``:
         lock that table's rows only, not those of the tables it is joined to."""
-        if self.is_sqlite:
-            return query
-        return query.with_for_update() if of is None else query.with_for_update(of=of)
+        return query if self.is_sqlite else _for_update(query, of)
 
     @property
     def binds_arrays(self) -> bool:

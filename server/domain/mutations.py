@@ -8,7 +8,6 @@ in product order, then counters, so concurrent handlers cannot deadlock.
 
 from __future__ import annotations
 
-import functools
 import uuid
 from typing import Any
 
@@ -154,18 +153,12 @@ _LINES = (
 )
 
 
-@functools.lru_cache(maxsize=16)
-def _locked(query: sa.Select, sqlite: bool, of: sa.Table) -> sa.Select:
-    """``query`` locking ``of``'s rows, built once per database kind."""
-    return query if sqlite else query.with_for_update(of=of)
-
-
 async def lock_lines(ctx: MutationContext, branch_id: int | None, product_ids: list[int],
                      pricelist_id: int | None) -> tuple[dict[int, dict], dict[int, int]]:
     """The stock rows of the products at the branch, locked in product order, and the price
     of each valid at ``ctx.at``: one statement. A product unknown, inactive or not stocked
     there takes the long way, so that it earns the refusal it always did."""
-    query = _locked(_LINES, ctx.changes.db.is_sqlite, stock)
+    query = ctx.changes.db.locking(_LINES, of=stock)
     rows = await ctx.conn.execute(query, {"tenant": ctx.principal.tenant_id, "branch_id": branch_id,
                                           "product_ids": product_ids, "pricelist_id": pricelist_id, "at": ctx.at})
     levels, price_of, all_active = {}, {}, True
@@ -194,7 +187,7 @@ _ORDER_CUSTOMER = sa.select(
 async def order_customer(ctx: MutationContext, customer_id: int, order_id: str) -> tuple[dict[str, Any], str]:
     """The customer (locked) and the company's name, refusing as ensure_new then
     load_customer would: an order id the tenant holds first. One statement."""
-    query = _locked(_ORDER_CUSTOMER, ctx.changes.db.is_sqlite, customers)
+    query = ctx.changes.db.locking(_ORDER_CUSTOMER, of=customers)
     row = (await ctx.conn.execute(query, {"tenant": ctx.principal.tenant_id, "customer_id": customer_id,
                                           "order_id": order_id})).mappings().first()
     if row is None:
