@@ -22,7 +22,7 @@ from .changes import now_ms
 from . import hot
 from .cursor import Cursor, CursorCodec
 from .messages import PROTOCOL_VERSION, DatasetBatch, PullResponse
-from .schema import KEY, Dataset, Principal, Registry, Scope, tenant_clause
+from .schema import Dataset, Principal, Registry, Scope, tenant_clause
 from .storage import Database, change_log, log_head
 
 _CHUNK = 500
@@ -390,7 +390,7 @@ async def _shared_rows(conn: AsyncConnection, tenant_id: int, ds: Dataset, keys:
     table = ds.table.name
     missing = [k for k in keys if (table, str(k)) not in shared.rows]
     if missing:
-        found = await _read_rows(conn, tenant_id, ds, missing, [*ds.table.c.keys(), *[KEY] * (ds.key == KEY)])
+        found = await _read_rows(conn, tenant_id, ds, missing, list(ds.whole_row))
         for key in missing:
             shared.rows[(table, str(key))] = found.get(key)
     return {k: row for k in keys if (row := shared.rows[(table, str(k))]) is not None}

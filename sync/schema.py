@@ -213,6 +213,11 @@ class Dataset:
             return key_text(self.table, self.key_parts).label(KEY)
         return self.table.c[column]
 
+    @functools.cached_property
+    def whole_row(self) -> tuple[str, ...]:
+        """Every column of the table, and ``_key`` for a composite key: a row as shared reads keep it."""
+        return (*self.table.c.keys(), *((KEY,) if len(self.key_parts) > 1 else ()))
+
     # A composite key is ordered and looked up by its columns, which the table's own key
     # index serves, never by its ``_key`` text.
     def order(self) -> list[sa.Column]:
