@@ -29,7 +29,7 @@ from . import metrics
 from .config import JobSettings
 from .serializer import MsgpackSerializer
 from .sqlite_batch import SqliteHuey
-from .tasks import Tasks, define_tasks
+from .tasks import define_tasks
 
 log = logging.getLogger("fieldsync.jobs")
 T = TypeVar("T")
@@ -84,7 +84,7 @@ class Jobs:
         self.plugin = plugin
         #: Every task by name, fieldsync's and the domain's: what a sweep or a retry enqueues.
         self.named: dict[str, TaskWrapper] = {}
-        self.tasks: Tasks = define_tasks(self)
+        define_tasks(self)
         self.sink = plugin.define(self) if plugin is not None else None
         self.registry = registry(self.sink)
         self._consumer: Consumer | None = None

@@ -11,7 +11,6 @@ tasks use Huey's scheduler (``crontab``), so they run wherever a consumer runs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -30,18 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("fieldsync.jobs")
 
 
-@dataclass(frozen=True)
-class Tasks:
-    compact_log: TaskWrapper
-    sweep_pending: TaskWrapper
-    hot_snapshots: TaskWrapper
-
-
-def define_tasks(jobs: Jobs) -> Tasks:
-    tasks = Tasks(*_periodic(jobs))
-    jobs.named.update({task.name: task for task in (tasks.compact_log, tasks.sweep_pending, tasks.hot_snapshots)})
+def define_tasks(jobs: Jobs) -> None:
+    """Register fieldsync's tasks on ``jobs.huey``, named in ``jobs.named`` beside the domain's."""
+    jobs.named.update({task.name: task for task in _periodic(jobs)})
     _observe(jobs)
-    return tasks
 
 
 def _periodic(jobs: Jobs) -> tuple[TaskWrapper, ...]:

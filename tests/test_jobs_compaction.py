@@ -118,7 +118,7 @@ async def test_the_periodic_task_and_the_cli_compact(services, client, capsys):
     await seed(services)
     for n in range(3):
         await write(services, "products", [{"id": 2, "name": f"renamed {n}"}])
-    removed = await asyncio.to_thread(services.jobs.tasks.compact_log.call_local)
+    removed = await asyncio.to_thread(services.jobs.named["compact_log"].call_local)
     assert removed == 3  # the seed's entry and two renames of product 2
     code = await asyncio.to_thread(jobs_cli.cmd_compact, services.settings, argparse.Namespace(retention_days=0))
     assert code == 0
