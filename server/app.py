@@ -105,7 +105,7 @@ def build_services(settings: Settings, domain: Domain | None = None) -> Services
     fanout = fanout_for(settings.redis_url, db, prefix=settings.redis_prefix, poll_interval=settings.poll_interval)
     return Services(
         settings=settings, db=db, domain=domain, registry=registry, tokens=TokenService(settings), reader=reader,
-        pusher=Pusher(db, registry), hub=Hub(db, reader), fanout=fanout, jobs=jobs,
+        pusher=Pusher(db, registry, on_redo=metrics.PUSH_GROUPS_REDONE.inc), hub=Hub(db, reader), fanout=fanout, jobs=jobs,
     )
 
 

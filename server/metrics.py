@@ -50,6 +50,9 @@ SNAPSHOT_ROWS = Histogram("fieldsync_snapshot_page_rows", "Rows in a snapshot pa
 PULLS = Counter("fieldsync_pulls_total", "Pull requests by outcome code (ok or an error code).", ("code",))
 PUSHES = Counter("fieldsync_pushes_total", "Push requests by outcome code.", ("code",))
 MUTATIONS = Counter("fieldsync_mutations_total", "Mutations by name and status.", ("name", "status", "code"))
+PUSH_GROUPS_REDONE = Counter("fieldsync_push_groups_redone_total",
+                             "Push groups applied again a savepoint per mutation: their first pass met a "
+                             "refusal or a failed write.")
 COMMIT_TO_DEVICE = Histogram("fieldsync_commit_to_device_seconds",
                              "From a change's commit to its live frame leaving the server.", buckets=LAG)
 DEVICE_LAG = Histogram("fieldsync_device_lag_positions",

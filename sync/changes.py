@@ -33,12 +33,15 @@ class ChangeSet:
     are handed out in commit order.
     """
 
-    def __init__(self, db: Database, conn: AsyncConnection, registry: Registry, tenant_id: int) -> None:
+    def __init__(self, db: Database, conn: AsyncConnection, registry: Registry, tenant_id: int, *,
+                 defer_appends: bool = False) -> None:
         self.db = db
         self.conn = conn
         self.registry = registry
         self.tenant_id = tenant_id
         self.buckets: frozenset[str] = frozenset()  # those the commit touched, once positioned
+        self.defer_appends = defer_appends
+        self._appended: dict[sa.Table, list[Mapping[str, Any]]] = {}
 
     # -- writes -------------------------------------------------------------------
 
@@ -55,6 +58,22 @@ class ChangeSet:
             shapes.setdefault(tuple(sorted(row)), []).append(row)
         for same in shapes.values():
             await self.conn.execute(_insert_into(table), same)
+
+    async def append(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows known to be new that nothing in this transaction reads back (an
+        order, its invoice, a notice). Deferring them (``defer_appends``) writes all of a
+        transaction's rows of a table in one statement at :meth:`flush`; a key taken then
+        fails the flush, not the call."""
+        if self.defer_appends:
+            self._appended.setdefault(table, []).extend(rows)
+        else:
+            await self.insert(table, rows)
+
+    async def flush(self) -> None:
+        """Write the deferred appends, table by table in the order first appended."""
+        appended, self._appended = self._appended, {}
+        for table, rows in appended.items():
+            await self.insert(table, rows)
 
     async def upsert(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert new rows, update the given columns of existing ones; of a key given
@@ -100,6 +119,7 @@ class ChangeSet:
 
     async def commit_position(self) -> int | None:
         """Position the transaction's entries; None when nothing was captured."""
+        await self.flush()
         positioned = await capture.position(self.conn, self.db, self.tenant_id)
         if positioned is None:
             return None

@@ -1,14 +1,20 @@
-"""A push's mutations share a transaction, a savepoint each (sync/push.py): what that must
-not change. A refusal in the middle undoes its own writes only and is recorded; the log
-stays gapless; concurrent pushes over the same stock lose no update and show no deadlock;
-a push longer than a group commits group by group and replays exactly once."""
+"""A push's mutations share a transaction (sync/push.py): what that must not change. A
+refusal in the middle undoes its own writes only and is recorded; the log stays gapless;
+concurrent pushes over the same stock lose no update and show no deadlock; a push longer
+than a group commits group by group and replays exactly once. And the two passes: a group
+nothing refuses takes no savepoint and writes each appended table once; a refusal, or an
+id made twice, has its group applied again a savepoint per mutation, with the results the
+careful pass alone would give."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import Iterator
 
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 
 from fieldsync_client import HttpSync
 from server.domain.tables import counters, customers, invoices, orders, stock
@@ -129,4 +135,84 @@ async def test_a_push_of_several_groups_commits_each_and_replays_exactly_once(se
     again = await device.push(pushed)
     assert again == first
     assert await scalar(services, sa.select(sa.func.count()).select_from(orders)) == len(pushed)
+    await assert_log_gapless(services)
+
+
+@contextlib.contextmanager
+def statements(services) -> Iterator[list[str]]:
+    """The SQL the server sends meanwhile, one entry per execute (an executemany is one)."""
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ARG001
+        seen.append(" ".join(statement.split()).upper())
+
+    engine = services.db.engine.sync_engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+
+
+def inserts_into(seen: list[str], table: str) -> int:
+    return sum(s.startswith(f'INSERT INTO {table.upper()} ') for s in seen)
+
+
+def redone() -> float:
+    return REGISTRY.get_sample_value("fieldsync_push_groups_redone_total") or 0.0
+
+
+async def test_a_group_nothing_refuses_takes_no_savepoint_and_appends_once_per_table(services, client):
+    w = await seed(services)
+    device = HttpSync(client, token(services, w.sales1, "salesperson"), "dev-1")
+    pushed = [device.mutation("order.create", order(1 + n % 4, (1 + n % 3, 1))) for n in range(6)]
+    before = redone()
+    with statements(services) as seen:
+        results = await device.push(pushed)
+    assert [r["status"] for r in results] == ["applied"] * 6
+    assert not [s for s in seen if "SAVEPOINT" in s]
+    for table in ("orders", "invoices", "notices", "mutation_ledger"):
+        assert inserts_into(seen, table) == 1, table  # six rows each, one statement
+    assert redone() == before
+    assert await scalar(services, sa.select(sa.func.count()).select_from(orders)) == 6
+    assert await scalar(services, sa.select(sa.func.count()).select_from(invoices)) == 6
+
+
+async def test_a_refusal_has_its_group_applied_again_a_savepoint_per_mutation(services, client):
+    w = await seed(services)
+    device = HttpSync(client, token(services, w.sales1, "salesperson"), "dev-1")
+    pushed = [device.mutation("order.create", order(1, (2, 1))),
+              device.mutation("order.create", order(2, (2, 1), (1, 99))),  # more than in stock
+              device.mutation("order.create", order(3, (2, 1)))]
+    before = redone()
+    with statements(services) as seen:
+        results = await device.push(pushed)
+    assert [r["status"] for r in results] == ["applied", "rejected", "applied"]
+    assert results[1]["code"] == "INSUFFICIENT_STOCK"
+    assert redone() == before + 1
+    # the first pass wrote nothing it kept; the careful one a savepoint each
+    assert sum(s.startswith("SAVEPOINT") for s in seen) == 3
+    assert inserts_into(seen, "orders") == 2  # the careful pass's applied two, one at a time
+    assert await reserved(services, 2) == 2 and await reserved(services, 1) == 0
+    numbers = sorted(r["result"]["number"] for r in results if r["status"] == "applied")
+    assert numbers == ["SO-000001", "SO-000002"]
+    await assert_log_gapless(services)
+    assert await device.push(pushed) == results
+
+
+async def test_an_id_made_twice_in_one_group_is_refused_the_second_time(services, client):
+    """Appended rows are written at the group's end, where no check of the handler sees
+    the first: the key the database refuses there sends the group the careful way."""
+    w = await seed(services)
+    device = HttpSync(client, token(services, w.sales1, "salesperson"), "dev-1")
+    twice = order(1, (2, 1))
+    pushed = [device.mutation("order.create", twice), device.mutation("order.create", order(2, (3, 1))),
+              device.mutation("order.create", {**twice, "customer_id": 2})]
+    results = await device.push(pushed)
+    assert [r["status"] for r in results] == ["applied", "applied", "rejected"]
+    assert results[2]["code"] == "CONFLICT" and twice["id"] in results[2]["message"]
+    assert await reserved(services, 2) == 1
+    assert await scalar(services, sa.select(sa.func.count()).select_from(orders)) == 2
+    assert await scalar(services, sa.select(customers.c.balance).where(
+        customers.c.tenant_id == 1, customers.c.id == 2)) == results[1]["result"]["total"]
     await assert_log_gapless(services)

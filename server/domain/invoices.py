@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-
 from sync.push import MutationContext
 
 from . import mutations
@@ -45,7 +43,7 @@ def dashboard_of_branch(branch_id: int) -> str:
 
 async def _pending_invoice(ctx: MutationContext, source: dict[str, Any], *, order: bool) -> str:
     invoice_id = invoice_id_for(source["id"])
-    await ctx.changes.insert(invoices, [{
+    await ctx.changes.append(invoices, [{
         "id": invoice_id, "number": await mutations.next_number(ctx, "invoice", "INV"),
         "order_id": source["id"] if order else None, "sale_id": None if order else source["id"],
         "salesperson_id": source.get("salesperson_id"), "branch_id": source["branch_id"],
@@ -81,9 +79,6 @@ def payment_recorded(ctx: MutationContext) -> None:
     after_commit(ctx, lambda jobs: jobs.dashboards(tenant, dashboard))
 
 
-_NEW_NOTICE = sa.insert(notices)  # built once: values come as parameters
-
-
 async def _confirmation_notice(ctx: MutationContext, order: dict[str, Any], customer: dict[str, Any],
                                company: str) -> str | None:
     """Put the order confirmation in the outbox; its id is the de-duplication key.
@@ -96,9 +91,9 @@ async def _confirmation_notice(ctx: MutationContext, order: dict[str, Any], cust
         f"total {format_money(order['total'], order['currency'])}).\n"
         f"We will send the goods and the invoice shortly.\n\n{company}\n"
     )
-    await ctx.conn.execute(_NEW_NOTICE, dict(
+    await ctx.changes.append(notices, [dict(
         id=notice_id, tenant_id=ctx.principal.tenant_id, kind="order_confirmation",
         recipient=customer["email"], subject=f"{company}: order {order['number']} confirmed", body=body,
         status="pending" if customer["email"] else "skipped", attempts=0, created_at=ctx.now,
-    ))
+    )])
     return notice_id if customer["email"] else None

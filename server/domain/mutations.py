@@ -256,7 +256,7 @@ async def order_create(ctx: MutationContext, args: dict[str, Any]) -> dict[str, 
         "lines": lines, "total": total, "currency": customer["currency"], "note": args.get("note"),
         "taken_at": ctx.at, "created_at": ctx.now,
     }
-    await ctx.changes.insert(orders, [order])
+    await ctx.changes.append(orders, [order])
     # pending invoice, confirmation notice, jobs after commit
     await invoices.order_created(ctx, order, customer, company)
     return {"order_id": order_id, "number": order["number"], "total": total, "currency": customer["currency"]}
@@ -274,7 +274,7 @@ async def payment_record(ctx: MutationContext, args: dict[str, Any]) -> dict[str
         raise reject(ErrorCode.INVALID_ARGS, f"the customer is billed in {customer['currency']}")
     balance = customer["balance"] - args["amount"]
     await ctx.changes.update_rows(customers, [(customer, {"balance": balance})])
-    await ctx.changes.insert(payments, [{
+    await ctx.changes.append(payments, [{
         "id": payment_id, "customer_id": customer["id"], "salesperson_id": ctx.principal.user_id,
         "amount": args["amount"], "currency": args["currency"], "method": args["method"][:16],
         "reference": args.get("reference"), "paid_at": ctx.at,
@@ -289,7 +289,7 @@ async def visit_checkin(ctx: MutationContext, args: dict[str, Any]) -> dict[str,
     check_at(ctx)
     await ensure_new(ctx, visits, visit_id)
     customer = await load_customer(ctx, args["customer_id"], lock=False)
-    await ctx.changes.insert(visits, [{
+    await ctx.changes.append(visits, [{
         "id": visit_id, "customer_id": customer["id"], "salesperson_id": ctx.principal.user_id,
         "checked_in_at": ctx.at, "lat": args.get("lat"), "lon": args.get("lon"), "note": args.get("note"),
     }])

@@ -51,7 +51,7 @@ async def sale_complete(ctx: MutationContext, args: dict[str, Any]) -> dict[str,
         "total": sum(line["amount"] for line in lines), "currency": ctx.principal.attrs.get("currency", "EUR"),
         "payment_method": args["payment_method"], "sold_at": ctx.at,
     }
-    await ctx.changes.insert(sales, [sale])
+    await ctx.changes.append(sales, [sale])
     await invoices.sale_completed(ctx, sale)  # pending invoice (receipt), jobs after commit
     return {"sale_id": sale_id, "number": sale["number"], "total": sale["total"], "negative_stock": flagged}
 

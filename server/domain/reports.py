@@ -64,7 +64,7 @@ async def report_request(ctx: MutationContext, args: dict[str, Any]) -> dict[str
     params, title = await build(ctx, args)
     if not 0 <= params["from"] < params["to"] or params["to"] - params["from"] > MAX_SPAN_MS:
         raise mutations.reject(ErrorCode.INVALID_ARGS, "`from` must come before `to`, at most 366 days apart")
-    await ctx.changes.insert(documents, [{
+    await ctx.changes.append(documents, [{
         "id": document_id, "user_id": ctx.principal.user_id, "kind": args["kind"], "params": params,
         "title": title, "status": "pending", "url": None, "requested_at": ctx.now, "ready_at": None,
     }])
