@@ -12,7 +12,6 @@ from typing import Any
 
 from sync.push import MutationContext
 
-from . import mutations
 from .job_tables import notices
 from .jobsink import after_commit
 from .tables import invoices
@@ -41,10 +40,15 @@ def dashboard_of_branch(branch_id: int) -> str:
     return f"branch:{branch_id}"
 
 
-async def _pending_invoice(ctx: MutationContext, source: dict[str, Any], *, order: bool) -> str:
+#: The invoice number series, ``(counter, prefix)``: the handler takes its number with the
+#: order's or the sale's own (mutations.next_numbers), in one statement.
+SERIES = ("invoice", "INV")
+
+
+async def _pending_invoice(ctx: MutationContext, source: dict[str, Any], number: str, *, order: bool) -> str:
     invoice_id = invoice_id_for(source["id"])
     await ctx.changes.append(invoices, [{
-        "id": invoice_id, "number": await mutations.next_number(ctx, "invoice", "INV"),
+        "id": invoice_id, "number": number,
         "order_id": source["id"] if order else None, "sale_id": None if order else source["id"],
         "salesperson_id": source.get("salesperson_id"), "branch_id": source["branch_id"],
         "total": source["total"], "currency": source["currency"], "status": "pending", "url": None,
@@ -53,11 +57,12 @@ async def _pending_invoice(ctx: MutationContext, source: dict[str, Any], *, orde
     return invoice_id
 
 
-async def order_created(ctx: MutationContext, order: dict[str, Any], customer: dict[str, Any], company: str) -> None:
+async def order_created(ctx: MutationContext, order: dict[str, Any], customer: dict[str, Any], company: str,
+                        invoice_number: str) -> None:
     """An order was applied: its invoice, its confirmation notice, its owner's dashboard.
     Takes the rows the handler holds rather than reading them again."""
     tenant = ctx.principal.tenant_id
-    invoice_id = await _pending_invoice(ctx, order, order=True)
+    invoice_id = await _pending_invoice(ctx, order, invoice_number, order=True)
     notice_id = await _confirmation_notice(ctx, order, customer, company)
     dashboard = [dashboard_of_user(order["salesperson_id"])]
     calls = [lambda jobs: jobs.invoice(tenant, invoice_id), lambda jobs: jobs.dashboards(tenant, dashboard)]
@@ -66,10 +71,10 @@ async def order_created(ctx: MutationContext, order: dict[str, Any], customer: d
     after_commit(ctx, *calls)
 
 
-async def sale_completed(ctx: MutationContext, sale: dict[str, Any]) -> None:
+async def sale_completed(ctx: MutationContext, sale: dict[str, Any], invoice_number: str) -> None:
     """A POS sale was recorded: its invoice (receipt) and the shop's dashboard."""
     tenant = ctx.principal.tenant_id
-    invoice_id = await _pending_invoice(ctx, sale, order=False)
+    invoice_id = await _pending_invoice(ctx, sale, invoice_number, order=False)
     dashboard = [dashboard_of_branch(sale["branch_id"])]
     after_commit(ctx, lambda jobs: jobs.invoice(tenant, invoice_id), lambda jobs: jobs.dashboards(tenant, dashboard))
 

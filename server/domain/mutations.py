@@ -17,7 +17,7 @@ from sync.errors import ErrorCode, MutationRejected
 from sync.push import MutationContext
 from sync.schema import MAX_ID, Registry
 
-from . import invoices  # module import: invoices uses this module too
+from . import invoices
 from .tables import counters, customers, orders, payments, prices, products, stock, tenants, visits
 
 CLOCK_SKEW_MS = 5 * 60_000
@@ -79,26 +79,27 @@ async def load_customer(ctx: MutationContext, customer_id: int, *, lock: bool = 
     return dict(row)
 
 
-async def next_number(ctx: MutationContext, name: str, prefix: str) -> str:
-    """The next number of a per-tenant series (SO-000123); gapless within committed rows."""
+async def next_numbers(ctx: MutationContext, *series: tuple[str, str]) -> list[str]:
+    """The next number of each per-tenant series, ``(name, prefix)``: ``("order", "SO")``
+    gives ``SO-000123``. Gapless within committed rows; one statement for all of them (an
+    order takes its own number and its invoice's)."""
     tenant = ctx.principal.tenant_id
-    params = {"tenant": tenant, "counter": name}
-    value = (await ctx.conn.execute(_BUMP, params)).scalar()
-    if value is None:
-        await ctx.conn.execute(
-            ctx.changes.db.insert(counters).values(tenant_id=tenant, name=name, value=0).on_conflict_do_nothing()
-        )
-        value = (await ctx.conn.execute(_BUMP, params)).scalar_one()
-    return f"{prefix}-{value:06d}"
+    names = [name for name, _ in series]
+    values = dict((await ctx.conn.execute(_BUMP, {"tenant": tenant, "names": names})).all())
+    if missing := [name for name in names if name not in values]:  # a tenant's first of a kind
+        await ctx.conn.execute(ctx.changes.db.insert(counters).values(
+            [{"tenant_id": tenant, "name": name, "value": 0} for name in missing]).on_conflict_do_nothing())
+        values.update((await ctx.conn.execute(_BUMP, {"tenant": tenant, "names": missing})).all())
+    return [f"{prefix}-{values[name]:06d}" for name, prefix in series]
 
 
 # Statements of every order and sale are built once, with bound parameters: building one
 # (and its cache key) per call cost more Python than running it (issue 13's profile).
 _BUMP = (
     sa.update(counters)
-    .where(counters.c.tenant_id == sa.bindparam("tenant"), counters.c.name == sa.bindparam("counter"))
+    .where(counters.c.tenant_id == sa.bindparam("tenant"), counters.c.name.in_(sa.bindparam("names", expanding=True)))
     .values(value=counters.c.value + 1)
-    .returning(counters.c.value)
+    .returning(counters.c.name, counters.c.value)
 )
 
 
@@ -250,15 +251,16 @@ async def order_create(ctx: MutationContext, args: dict[str, Any]) -> dict[str, 
         (levels[line["product_id"]], {"reserved": levels[line["product_id"]]["reserved"] + line["qty"]})
         for line in by_product])
     await ctx.changes.update_rows(customers, [(customer, {"balance": customer["balance"] + total})])
+    number, invoice_number = await next_numbers(ctx, ("order", "SO"), invoices.SERIES)
     order = {
-        "id": order_id, "number": await next_number(ctx, "order", "SO"), "customer_id": customer["id"],
+        "id": order_id, "number": number, "customer_id": customer["id"],
         "salesperson_id": ctx.principal.user_id, "branch_id": branch_id, "status": "confirmed",
         "lines": lines, "total": total, "currency": customer["currency"], "note": args.get("note"),
         "taken_at": ctx.at, "created_at": ctx.now,
     }
     await ctx.changes.append(orders, [order])
     # pending invoice, confirmation notice, jobs after commit
-    await invoices.order_created(ctx, order, customer, company)
+    await invoices.order_created(ctx, order, customer, company, invoice_number)
     return {"order_id": order_id, "number": order["number"], "total": total, "currency": customer["currency"]}
 
 

@@ -8,7 +8,7 @@ from sync.errors import ErrorCode
 from sync.push import MutationContext
 from sync.schema import Registry
 
-from .mutations import check_at, check_uuid, ensure_new, lock_lines, next_number, parse_lines, reject
+from .mutations import check_at, check_uuid, ensure_new, lock_lines, next_numbers, parse_lines, reject
 from . import invoices
 from .tables import sales, stock
 
@@ -45,14 +45,15 @@ async def sale_complete(ctx: MutationContext, args: dict[str, Any]) -> dict[str,
     if fresh:
         await ctx.changes.insert(stock, fresh)
     await ctx.changes.update_rows(stock, changed)
+    number, invoice_number = await next_numbers(ctx, ("sale", "POS"), invoices.SERIES)
     sale = {
-        "id": sale_id, "number": await next_number(ctx, "sale", "POS"), "terminal_id": ctx.principal.user_id,
+        "id": sale_id, "number": number, "terminal_id": ctx.principal.user_id,
         "branch_id": branch_id, "customer_id": args.get("customer_id"), "lines": lines,
         "total": sum(line["amount"] for line in lines), "currency": ctx.principal.attrs.get("currency", "EUR"),
         "payment_method": args["payment_method"], "sold_at": ctx.at,
     }
     await ctx.changes.append(sales, [sale])
-    await invoices.sale_completed(ctx, sale)  # pending invoice (receipt), jobs after commit
+    await invoices.sale_completed(ctx, sale, invoice_number)  # pending invoice (receipt), jobs after commit
     return {"sale_id": sale_id, "number": sale["number"], "total": sale["total"], "negative_stock": flagged}
 
 
