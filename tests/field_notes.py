@@ -52,7 +52,7 @@ def build_registry(jobs: object = None) -> Registry:
     @registry.mutation("note.add", args={"id": "str", "body": "str"}, roles=["author"])
     async def add(ctx, args):
         """A note taken on the road."""
-        await ctx.changes.insert(notes, [{"note_id": args["id"], "author": ctx.principal.user_id,
+        await ctx.changes.append(notes, [{"note_id": args["id"], "author": ctx.principal.user_id,
                                           "body": args["body"], "visible": True}])
         return {"note_id": args["id"]}
 

@@ -44,3 +44,29 @@ def test_benchmark_runs_at_smoke_size(script, pg_database):
     report = done.stdout.lower()
     missing = [word for word in BENCHES[script] if word.lower() not in report]
     assert not missing, f"{script} printed no {missing}:\n{done.stdout[-3000:]}"
+
+
+def test_profile_push_sums_samples_by_what_the_server_did(tmp_path, capsys):
+    """bench/profile_push.py needs py-spy, which CI does not install: its summary of the
+    samples is checked here on collapsed stacks of the shape py-spy writes."""
+    sys.path.insert(0, str(ROOT))
+    from bench.profile_push import summarise
+
+    loop = "Runner.run (asyncio/runners.py:118)"
+    raw = tmp_path / "push.txt"
+    raw.write_text("\n".join([
+        f"{loop} 30",
+        f"{loop};push (server/http.py:1);PreparedStatement.__do_execute (asyncpg/prepared_stmt.py:2) 10",
+        f"{loop};push (server/http.py:1);Connection.execute (sqlalchemy/engine/base.py:3) 5",
+        f"{loop};push (server/http.py:1);coerce (sqlalchemy/sql/coercions.py:4) 3",
+        f"{loop};push (server/http.py:1);order_create (server/domain/mutations.py:5) 2",
+        "Thread.run (threading.py:982);_worker (concurrent/futures/thread.py:81) 50",
+    ]) + "\n")
+    summarise(raw)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "100 samples at 500 Hz"
+    shares = {line.split("s  ", 1)[1]: line.split("%")[0].strip() for line in lines[1:]}
+    assert shares == {"idle worker thread (not CPU)": "50.0", "event loop waiting (on PostgreSQL, the client)": "30.0",
+                      "asyncpg (protocol, socket)": "10.0", "SQLAlchemy executing (parameters, results)": "5.0",
+                      "SQLAlchemy building and compiling statements": "3.0",
+                      "other Python (handlers, push, JSON)": "2.0"}

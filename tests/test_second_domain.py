@@ -84,6 +84,14 @@ async def test_a_mutation_of_the_domain_is_applied_exactly_once(notes_services, 
         assert await conn.scalar(sa.text("SELECT count(*) FROM field_notes WHERE note_id = 'n-9'")) == 1
     await tablet.sync()
     assert tablet.replica.rows("notes")["n-9"]["body"] == "from the road"
+    # The domain appends its notes (written at the group's end): a key taken is still the
+    # one mutation's CONFLICT, its neighbours apply.
+    taken = {"id": 2, "name": "note.add", "args": {"id": "n-9", "body": "the same id"}, "at": 0}
+    fresh = {"id": 3, "name": "note.add", "args": {"id": "n-10", "body": "another"}, "at": 0}
+    pushed = await tablet.call("/sync/push", {"v": 1, "client_id": "tablet-2", "mutations": [taken, fresh]})
+    assert [(r["status"], r.get("code")) for r in pushed["results"]] == [("rejected", "CONFLICT"), ("applied", None)]
+    async with notes_services.db.read() as conn:
+        assert await conn.scalar(sa.text("SELECT body FROM field_notes WHERE note_id = 'n-9'")) == "from the road"
 
 
 async def test_plain_sql_writes_reach_a_live_device_and_leaving_its_scope_is_a_delete(notes_services, tmp_path):
