@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from starlette.routing import BaseRoute
 
 from jobs.runner import JobPlugin
+from sync.changes import ChangeSet
 from sync.errors import AuthError, ErrorCode
 from sync.schema import SINGLE_TENANT, Principal, Registry
 from sync.storage import Database
@@ -50,6 +51,11 @@ class Writable:
     #: A write may change who sees what (a user's branch or role): live sessions re-read
     #: their principal, and a switched-off user's close.
     rescope: bool = False
+    #: The domain writes the batch itself, in its transaction, instead of the generic
+    #: upsert: a change with consequences (an order shipped takes its stock). Called with
+    #: the change set, the checked rows and how to name row i in a refusal; refuses with
+    #: ``sync.errors.BadRequest``. Such a table's rows are not deleted through the office.
+    write: Callable[[ChangeSet, list[dict[str, Any]], Callable[[int], str]], Awaitable[None]] | None = None
 
 
 @dataclass(frozen=True)

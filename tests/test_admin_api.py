@@ -199,7 +199,7 @@ async def test_admin_needs_a_token(services, client):
 async def test_unknown_table_is_a_bad_request(services, client, fmt):
     w = await seed(services)
     before = await dump(services)
-    for table in ("orders", "tenants", "pricelists", "change_log", "mutation_ledger", "nope"):
+    for table in ("sales", "tenants", "pricelists", "change_log", "mutation_ledger", "nope"):
         response, decoded = await admin_post(client, table, {"upsert": [{"id": 1}]}, admin_token(services, w), fmt)
         message = assert_error(response, decoded, 400, "BAD_REQUEST")
         assert table in message, message

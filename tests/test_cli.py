@@ -238,6 +238,41 @@ def test_import_products_lands_rows_and_grows_the_log(env, capsys, tmp_path):
     assert after.replica.rows("catalog")[3]["name"] == "Renamed by import"
 
 
+def test_import_orders_moves_their_statuses(env, capsys, tmp_path):
+    """`fieldsync import orders` goes the domain's way (server/domain/order_status.py):
+    a shipped order takes its stock; a move it cannot make is refused with its line."""
+    seeded(env, capsys)
+    settings = Settings.from_env()
+    sales1 = TokenService(settings).issue(user_id=11, tenant_id=1, role="salesperson")
+
+    async def take(order_id: str) -> None:
+        services = build_services(settings)
+        try:
+            app = create_app(settings, services=services)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://fieldsync") as http:
+                device = HttpSync(http, sales1, f"phone-{order_id[-1]}")  # its mutation ids start at 1
+                [result] = await device.push([device.mutation("order.create", {
+                    "id": order_id, "customer_id": 1, "lines": [{"product_id": 2, "qty": 3}]})])
+                assert result["status"] == "applied", result
+        finally:
+            await services.db.dispose()
+
+    shipped, kept = "00000000-0000-4000-8000-000000000001", "00000000-0000-4000-8000-000000000002"
+    asyncio.run(take(shipped))
+    asyncio.run(take(kept))
+    stock_of_2 = "SELECT on_hand, reserved FROM stock WHERE tenant_id = 1 AND branch_id = 1 AND product_id = 2"
+    assert query(env, stock_of_2) == [(50, 6)]
+    code, out, err = main(capsys, "import", "orders", str(write_csv(tmp_path / "o.csv", ["id", "status"],
+                                                                  [[shipped, "shipped"]])), "--tenant", "acme")
+    assert code == 0, err
+    assert query(env, stock_of_2) == [(47, 3)]
+    before = dump(env)
+    code, out, err = main(capsys, "import", "orders", str(write_csv(tmp_path / "bad.csv", ["id", "status"], [
+        [kept, "shipped"], [shipped, "cancelled"]])), "--tenant", "acme")
+    assert code != 0 and "line 3: an order shipped cannot become cancelled" in err, err
+    assert dump(env) == before
+
+
 def test_console_script_import(env, capsys, tmp_path):
     seeded(env, capsys)
     path = write_csv(tmp_path / "p.csv", PRODUCT_COLS, [[200, "S-200", "Two hundred", "Tools", "pcs", "", "true"]])

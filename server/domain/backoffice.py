@@ -6,8 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..plugin import Writable
+from .order_status import check_status, write_statuses
 from .principals import ROLES
-from .tables import branches, customers, prices, products, stock, users
+from .tables import branches, customers, orders, prices, products, stock, users
 
 
 def _known_role(row: dict[str, Any]) -> str | None:
@@ -25,4 +26,6 @@ WRITABLE = {
     "users": Writable(users, ("id", "username", "name", "role", "branch_id", "month_target", "active"),
                       check=_known_role, rescope=True),
     "branches": Writable(branches, ("id", "name", "kind", "pricelist_id", "address"), rescope=True),
+    # Statuses only, each move settling the order's stock and balance (order_status.py).
+    "orders": Writable(orders, ("id", "status"), check=check_status, write=write_statuses),
 }
