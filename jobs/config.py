@@ -7,6 +7,7 @@
 | `FIELDSYNC_SMTP_URL` | — | `smtp://user:pass@host:port` (`smtps://` for TLS, `?starttls=1`); unset: notices go to files under `<data dir>/outbox/` |
 | `FIELDSYNC_SMTP_FROM` | `fieldsync@localhost` | sender address |
 | `FIELDSYNC_RETENTION_DAYS` | 30 | change-log history kept before compaction |
+| `FIELDSYNC_STALE_DEVICE_DAYS` | 180 | a device unseen this long is retired by the daily task (0: never) |
 | `FIELDSYNC_JOB_RETRIES` | 5 | retries of a failing job before it is recorded as failed |
 | `FIELDSYNC_JOB_RETRY_DELAY` | 2 | seconds before the first retry; doubles each time |
 | `FIELDSYNC_DASHBOARD_DEBOUNCE` | 2 | seconds a dashboard refresh waits for more landings |
@@ -33,6 +34,7 @@ class JobSettings:
     smtp_url: str | None = None
     smtp_from: str = "fieldsync@localhost"
     retention_days: float = 30.0
+    stale_device_days: float = 180.0  # 0: devices are never retired
     retries: int = 5
     retry_delay: float = 2.0
     retry_backoff: float = 2.0
@@ -64,6 +66,7 @@ class JobSettings:
             smtp_url=env.get("FIELDSYNC_SMTP_URL") or None,
             smtp_from=env.get("FIELDSYNC_SMTP_FROM") or "fieldsync@localhost",
             retention_days=float(env.get("FIELDSYNC_RETENTION_DAYS") or 30),
+            stale_device_days=float(env.get("FIELDSYNC_STALE_DEVICE_DAYS") or 180),
             retries=int(env.get("FIELDSYNC_JOB_RETRIES") or 5),
             retry_delay=float(env.get("FIELDSYNC_JOB_RETRY_DELAY") or 2),
             dashboard_debounce=float(env.get("FIELDSYNC_DASHBOARD_DEBOUNCE") or 2),

@@ -9,6 +9,8 @@ from prometheus_client import Counter, Gauge
 LOG_ENTRIES = Gauge("fieldsync_change_log_entries", "Entries in the change log (all tenants).",
                     multiprocess_mode="max")
 COMPACTION_RUNS = Counter("fieldsync_compaction_runs_total", "Change-log compaction runs.")
+DEVICES_RETIRED = Counter("fieldsync_devices_retired_total",
+                          "Devices retired as stale (unseen for FIELDSYNC_STALE_DEVICE_DAYS), their ledger dropped.")
 COMPACTION_REMOVED = Counter("fieldsync_compaction_removed_total", "Change-log entries removed by compaction.")
 JOBS_ENQUEUED = Counter("fieldsync_jobs_enqueued_total", "Jobs enqueued.", ("task",))
 JOBS_RUN = Counter("fieldsync_jobs_run_total", "Jobs run to completion.", ("task",))

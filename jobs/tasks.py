@@ -1,5 +1,5 @@
 """fieldsync's own tasks, registered on the runner's Huey instance: change-log compaction,
-hot snapshot pages, the sweep of lost work; and the signals that count and record every
+hot snapshot pages, the sweep of lost work, the retirement of stale devices; and the signals that count and record every
 task's runs, the domain's too (the domain registers its own tasks: ``JobPlugin.define``).
 
 Thin by design: a task takes ids, runs its async core in :meth:`Jobs.run` (own loop, own
@@ -70,7 +70,18 @@ def _periodic(jobs: Jobs) -> tuple[TaskWrapper, ...]:
         log.info("hot snapshots: %d pages built", pages)
         return pages
 
-    return compact_log, sweep_pending, hot_snapshots
+    @huey.periodic_task(crontab(hour="3", minute="41"), name="retire_stale_devices")
+    def retire_stale_devices() -> int:
+        """Daily: retire the devices unseen for ``stale_device_days`` (sync/devices.py)."""
+        if settings.stale_device_days <= 0:
+            return 0
+        stale_ms = int(settings.stale_device_days * compaction.DAY_MS)
+        retired = jobs.run(lambda db: devices.retire_stale(db, jobs.registry, stale_ms))
+        metrics.DEVICES_RETIRED.inc(retired)
+        log.info("stale devices: %d retired", retired)
+        return retired
+
+    return compact_log, sweep_pending, hot_snapshots, retire_stale_devices
 
 
 def _observe(jobs: Jobs) -> None:

@@ -57,7 +57,7 @@ class Settings:
     pull_max_limit: int = 10000
     token_ttl_s: int = 30 * 86400
     token_leeway_s: int = 30  # clock skew allowed on a token's exp, nbf and iat
-    max_devices_per_user: int = 20  # devices a user may sync from at once (revoked ones do not count)
+    max_devices_per_user: int = 20  # devices a user may sync from at once (revoked and retired ones do not count)
     # Refuse tokens that name no device (`did`) on pull, push and hello: then a revoked
     # device's token is refused whatever it presents, and no token outlives its device.
     require_device_tokens: bool = False

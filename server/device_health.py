@@ -58,6 +58,7 @@ class DeviceHealth:
     last_error: str | None
     revoked: bool
     revoked_at: int | None
+    retired_at: int | None  # retired as stale (FIELDSYNC_STALE_DEVICE_DAYS unseen); cleared when it is back
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -83,8 +84,8 @@ async def device_health(db: Database, tenant_id: int, *, behind: float | None = 
     """``(log head, devices)`` of a tenant, most lagging first; each with its user's name
     and role when the domain has a ``directory``.
 
-    ``behind`` (seconds) keeps the devices whose known lag is at least that long; revoked
-    devices and devices of unknown lag are left out of such a filter. Devices of unknown lag
+    ``behind`` (seconds) keeps the devices whose known lag is at least that long; revoked and
+    retired devices and devices of unknown lag are left out of such a filter. Devices of unknown lag
     come after every device of known lag, the longest unseen first.
     """
     now = int(time.time() * 1000) if now is None else now
@@ -103,7 +104,7 @@ async def device_health(db: Database, tenant_id: int, *, behind: float | None = 
     people = await directory.users(db, tenant_id, sorted({r.user_id for r in rows})) if directory and rows else {}
     found = [_health(row, head, now, people.get(row.user_id)) for row in rows]
     if behind is not None:
-        found = [d for d in found if not d.revoked and d.behind_seconds is not None and d.behind_seconds >= behind]
+        found = [d for d in found if not d.revoked and d.retired_at is None and d.behind_seconds is not None and d.behind_seconds >= behind]
     found.sort(key=lambda d: (d.behind_seconds is None, -(d.behind_seconds or 0), -(d.behind_positions or 0),
                               d.last_seen, d.client_id))
     return head, found
@@ -120,7 +121,7 @@ def _health(row: Any, head: int, now: int, user: User | None) -> DeviceHealth:
         first_seen=row.first_seen, last_seen=row.last_seen, acked_seq=row.acked_seq,
         behind_positions=positions, behind_seconds=None if seconds is None else round(seconds, 3),
         last_mutation_id=row.last_mutation_id, app_version=row.app_version, last_error=row.last_error,
-        revoked=row.revoked_at is not None, revoked_at=row.revoked_at,
+        revoked=row.revoked_at is not None, revoked_at=row.revoked_at, retired_at=row.retired_at,
     )
 
 

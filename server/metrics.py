@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import multiprocess
 
 from jobs.metrics import (  # noqa: F401  (listed with the others)
-    COMPACTION_REMOVED, COMPACTION_RUNS, JOBS_ENQUEUED, JOBS_FAILED, JOBS_GIVEN_UP, JOBS_QUEUE, JOBS_RETRIED,
-    JOBS_RUN, LOG_ENTRIES,
+    COMPACTION_REMOVED, COMPACTION_RUNS, DEVICES_RETIRED, JOBS_ENQUEUED, JOBS_FAILED, JOBS_GIVEN_UP, JOBS_QUEUE,
+    JOBS_RETRIED, JOBS_RUN, LOG_ENTRIES,
 )
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

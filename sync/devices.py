@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .changes import now_ms
+from .changes import now_ms, write_changes
 from .errors import AuthError, ErrorCode, RevokedError
-from .schema import Principal
-from .storage import Database, devices, log_head, revoked_tokens
+from .schema import Principal, Registry
+from .storage import Database, devices, log_head, mutation_ledger, revoked_tokens
 
 _TOUCH_EVERY_MS = 30_000  # last_seen is for humans; do not write on every pull
 
@@ -56,7 +56,7 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
     async with db.peek() as conn:
         row = (await conn.execute(
             sa.select(devices.c.user_id, devices.c.last_seen, devices.c.revoked_at, devices.c.enrolled_at,
-                      devices.c.token_hash, devices.c.app_version)
+                      devices.c.token_hash, devices.c.app_version, devices.c.retired_at)
             .where(devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id)
         )).first()
         if credential is not None:
@@ -68,10 +68,12 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
             raise _not_owner(client_id)
         fresh_token = credential is None or credential.token_hash == row.token_hash
         same_app = app is None or app == row.app_version
-        if not force and fresh_token and same_app and now_ms() - row.last_seen < _TOUCH_EVERY_MS:
+        fresh = now_ms() - row.last_seen < _TOUCH_EVERY_MS and row.retired_at is None
+        if not force and fresh_token and same_app and fresh:
             return row.enrolled_at
     async with db.write() as conn:
-        if row is None and max_devices is not None:
+        # A retired device coming back counts again, like a new one.
+        if (row is None or row.retired_at is not None) and max_devices is not None:
             await _check_room(db, conn, principal, max_devices)
         return await _register(db, conn, principal, client_id, credential, app)
 
@@ -89,7 +91,7 @@ async def _check_room(db: Database, conn: AsyncConnection, principal: Principal,
     await db.lock(conn, "devices", principal.tenant_id, principal.user_id)
     count = await conn.scalar(sa.select(sa.func.count()).select_from(devices).where(
         devices.c.tenant_id == principal.tenant_id, devices.c.user_id == principal.user_id,
-        devices.c.revoked_at.is_(None)))
+        devices.c.revoked_at.is_(None), devices.c.retired_at.is_(None)))
     if count >= max_devices:
         raise AuthError(ErrorCode.FORBIDDEN, f"this user already syncs from {count} devices, the limit; "
                                              "an admin must revoke one first")
@@ -109,7 +111,10 @@ async def _register(db: Database, conn: AsyncConnection, principal: Principal, c
     )
     upsert = insert.on_conflict_do_update(
         index_elements=[devices.c.tenant_id, devices.c.client_id],
-        set_={"last_seen": now, **token},
+        # A retired device is back: its data is as old as its retirement, so its cursor
+        # starts over (enrolled now), and it is retired no more.
+        set_={"last_seen": now, "retired_at": None, **token,
+              "enrolled_at": sa.case((devices.c.retired_at.is_not(None), now), else_=devices.c.enrolled_at)},
         where=sa.and_(devices.c.user_id == principal.user_id, devices.c.revoked_at.is_(None)),
     ).returning(devices.c.enrolled_at)
     row = (await conn.execute(upsert)).first()
@@ -183,6 +188,39 @@ async def forget_expired_tokens(db: Database, now: int | None = None) -> int:
         result = await conn.execute(sa.delete(revoked_tokens).where(
             revoked_tokens.c.expires_at < (now_ms() if now is None else now)))
     return result.rowcount
+
+
+async def retire_stale(db: Database, registry: Registry, stale_ms: int, now: int | None = None) -> int:
+    """Retire the devices unseen for ``stale_ms``; returns how many. A retired device stops
+    counting toward its user's cap and its ledger entries go (the mutation ledger is the
+    one store that grows with a device's life). Its high-water mark stays, and is kept as
+    ``forgot_through``: should it come back, a replay of a mutation it pushed before is
+    answered as forgotten and never applied again, and its cursor starts over (touch)."""
+    now = now_ms() if now is None else now
+    async with db.read() as conn:
+        stale = (await conn.execute(sa.select(devices.c.tenant_id, devices.c.client_id).where(
+            devices.c.retired_at.is_(None), devices.c.last_seen < now - stale_ms))).all()
+    by_tenant: dict[int, list[str]] = {}
+    for tenant_id, client_id in stale:
+        by_tenant.setdefault(tenant_id, []).append(client_id)
+    retired = 0
+    for tenant_id, client_ids in sorted(by_tenant.items()):
+        for start in range(0, len(client_ids), _RETIRE_CHUNK):
+            async with write_changes(db, registry, tenant_id) as changes:
+                # Seen again since the read: such a device stays (the row lock decides).
+                gone = (await changes.conn.execute(sa.update(devices).where(
+                    devices.c.tenant_id == tenant_id, devices.c.client_id.in_(client_ids[start:start + _RETIRE_CHUNK]),
+                    devices.c.retired_at.is_(None), devices.c.last_seen < now - stale_ms,
+                ).values(retired_at=now, forgot_through=devices.c.last_mutation_id)
+                 .returning(devices.c.client_id))).scalars().all()
+                if gone:
+                    await changes.conn.execute(sa.delete(mutation_ledger).where(
+                        mutation_ledger.c.tenant_id == tenant_id, mutation_ledger.c.client_id.in_(gone)))
+            retired += len(gone)
+    return retired
+
+
+_RETIRE_CHUNK = 500  # devices per transaction
 
 
 async def owners(db: Database, tenant_id: int, client_ids: list[str]) -> dict[str, tuple[int, bool]]:

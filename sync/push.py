@@ -134,13 +134,14 @@ class Pusher:
         after = _AfterCommit()
         apply = self._apply_in_savepoint if careful else self._apply_directly
         async with self.db.write() as conn:
-            epoch, mark = await _lock_device(conn, self.db, principal, client_id)
+            device = await _lock_device(conn, self.db, principal, client_id)
+            epoch, mark = device.epoch, device.last_mutation_id
             stored = await _stored(conn, principal, client_id, epoch, [m.id for m in group if m.id <= mark])
             changes = ChangeSet(self.db, conn, self.registry, principal.tenant_id, defer_appends=not careful)
             results, ledger = [], []
             for m in group:
                 if m.id <= mark:  # a replay: the first application's result, or a refusal
-                    results.append(stored.get(m.id) or _not_above(m, mark))
+                    results.append(stored.get(m.id) or _not_above(m, mark, device.forgot_through))
                     continue
                 outcome = await apply(changes, principal, client_id, m, after)
                 results.append(outcome)
@@ -224,16 +225,17 @@ def _refusal(m: Mutation, refusal: MutationRejected) -> MutationResult:
     return {"id": m.id, "status": "rejected", "code": refusal.code.value, "message": refusal.message}
 
 
-async def _lock_device(conn: AsyncConnection, db: Database, principal: Principal, client_id: str) -> tuple[int, int]:
-    """The device's ledger epoch and high-water mark, its row locked until commit: that
-    serialises the device's pushes, so two copies of one push cannot both apply a mutation."""
+async def _lock_device(conn: AsyncConnection, db: Database, principal: Principal, client_id: str) -> Any:
+    """The device's ledger epoch, high-water mark and what its retirement forgot, its row
+    locked until commit: that serialises the device's pushes, so two copies of one push
+    cannot both apply a mutation."""
     device = (await conn.execute(db.locking(_device_query(principal, client_id)))).first()
     _check_device(device, principal, client_id)
-    return device.epoch, device.last_mutation_id
+    return device
 
 
 def _device_query(principal: Principal, client_id: str) -> sa.Select:
-    return sa.select(devices.c.user_id, devices.c.epoch, devices.c.last_mutation_id).where(
+    return sa.select(devices.c.user_id, devices.c.epoch, devices.c.last_mutation_id, devices.c.forgot_through).where(
         devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id)
 
 
@@ -267,7 +269,11 @@ async def _stored(conn: AsyncConnection, principal: Principal, client_id: str, e
     return {row["mutation_id"]: _result_of(row) for row in rows}
 
 
-def _not_above(m: Mutation, mark: int) -> MutationResult:
+def _not_above(m: Mutation, mark: int, forgot_through: int) -> MutationResult:
+    if m.id <= forgot_through:  # its entry went with the device's retirement
+        return {"id": m.id, "status": "rejected", "code": ErrorCode.CONFLICT.value,
+                "message": f"mutation id {m.id} was handled before this device was retired as stale, and its "
+                           "result is no longer kept; it was not applied again"}
     return {"id": m.id, "status": "rejected", "code": ErrorCode.CONFLICT.value,
             "message": f"mutation id {m.id} is not above {mark}, the last this device sent; "
                        "ids must strictly increase"}

@@ -148,6 +148,12 @@ devices = sa.Table(
     # device refuses that token whatever client_id it comes with.
     sa.Column("token_hash", sa.String(64)),
     sa.Column("token_exp", sa.BigInteger),
+    # Set by the stale-device task (unseen for FIELDSYNC_STALE_DEVICE_DAYS), cleared when
+    # the device comes back; a retired device does not count toward its user's cap.
+    sa.Column("retired_at", sa.BigInteger),
+    # The device's high-water mark when it was retired: the ledger entries up to it are
+    # gone, and a replay of one is answered as forgotten, never applied again.
+    sa.Column("forgot_through", sa.BigInteger, nullable=False, server_default="0"),
     sa.Index("ix_devices_user", "tenant_id", "user_id"),
 )
 

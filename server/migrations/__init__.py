@@ -44,6 +44,9 @@ class Chain:
     def head(self) -> str | None:
         return ScriptDirectory.from_config(self.config()).get_current_head()
 
+    def base(self) -> str:
+        return ScriptDirectory.from_config(self.config()).get_base()
+
     def current(self, connection) -> str | None:
         return MigrationContext.configure(connection, opts={"version_table": self.version_table}).get_current_revision()
 
@@ -95,8 +98,8 @@ def _stamp_unsplit(connection, chains: list[Chain]) -> None:
     if revision != _UNSPLIT_HEAD:
         raise RuntimeError(f"the database is at revision {revision} of an earlier release: migrate it with "
                            f"that release's `fieldsync migrate` to {_UNSPLIT_HEAD} first")
-    for chain in chains:
-        command.stamp(chain.config(connection), "head")
+    for chain in chains:  # each chain's first revision is the squash of the single chain
+        command.stamp(chain.config(connection), chain.base())
     connection.execute(sa.text("DROP TABLE alembic_version"))
 
 
