@@ -319,7 +319,7 @@ def test_bad_csv_gives_a_clean_error_and_imports_nothing(env, capsys, tmp_path, 
 @pytest.mark.parametrize("args,words", [
     (["import", "products", "{missing}", "--tenant", "acme"], ["missing.csv", "no such file"]),
     (["import", "products", "{good}", "--tenant", "nosuchtenant"], ["nosuchtenant"]),
-    (["import", "orders", "{good}", "--tenant", "acme"], ["orders"]),
+    (["import", "sales", "{good}", "--tenant", "acme"], ["sales"]),
     (["token", "nobody", "--tenant", "acme"], ["nobody"]),
 ])
 def test_operator_mistakes_give_a_clean_error(env, capsys, tmp_path, args, words):
