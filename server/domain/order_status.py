@@ -41,21 +41,22 @@ async def write_statuses(changes: ChangeSet, rows: list[dict[str, Any]], where: 
     """Move the batch's orders to their new statuses, rows in order (one order may move
     twice in a batch: shipped, then delivered), and settle what each move releases."""
     found = await _locked(changes, orders, [row["id"] for row in rows])
+    now = {order_id: order["status"] for order_id, order in found.items()}  # as the batch goes
     moves: list[tuple[dict[str, Any], str]] = []
     for index, row in enumerate(rows):
-        order = found.get(row["id"])
-        if order is None:
+        if row["id"] not in found:
             raise BadRequest(f"{where(index)}: no order {row['id']!r} in this tenant")
-        status = row["status"]
-        if status == order["status"]:
+        status, was = row["status"], now[row["id"]]
+        if status == was:
             continue
-        if status not in NEXT.get(order["status"], ()):
-            raise BadRequest(f"{where(index)}: an order {order['status']} cannot become {status}")
-        moves.append((dict(order), status))
-        order["status"] = status
+        if status not in NEXT.get(was, ()):
+            raise BadRequest(f"{where(index)}: an order {was} cannot become {status}")
+        moves.append((found[row["id"]], status))
+        now[row["id"]] = status
     if moves:
         await _settle(changes, moves)
-        await changes.update_rows(orders, [(before, {"status": status}) for before, status in moves])
+        moved = {order["id"] for order, _ in moves}  # each written once, with its last status
+        await changes.update_rows(orders, [(found[i], {"status": now[i]}) for i in sorted(moved)])
 
 
 async def _settle(changes: ChangeSet, moves: list[tuple[dict[str, Any], str]]) -> None:
