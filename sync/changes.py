@@ -9,7 +9,7 @@ which position and buckets it committed.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,14 +34,21 @@ class ChangeSet:
     """
 
     def __init__(self, db: Database, conn: AsyncConnection, registry: Registry, tenant_id: int, *,
-                 defer_appends: bool = False) -> None:
+                 deferring: bool = False) -> None:
         self.db = db
         self.conn = conn
         self.registry = registry
         self.tenant_id = tenant_id
         self.buckets: frozenset[str] = frozenset()  # those the commit touched, once positioned
-        self.defer_appends = defer_appends
+        #: Writes nothing in the transaction reads back may wait for :meth:`flush`: the
+        #: appended rows, and what handlers hand to :meth:`before_flush`. Only where the
+        #: transaction is all or nothing (the push's first pass): a savepoint rolled back
+        #: would not take back what waits.
+        self.deferring = deferring
+        #: What handlers keep for the rest of the transaction (a deferring one's counters).
+        self.held: dict[str, Any] = {}
         self._appended: dict[sa.Table, list[Mapping[str, Any]]] = {}
+        self._before_flush: list[Callable[[], Awaitable[None]]] = []
 
     # -- writes -------------------------------------------------------------------
 
@@ -61,16 +68,24 @@ class ChangeSet:
 
     async def append(self, table: sa.Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows known to be new that nothing in this transaction reads back (an
-        order, its invoice, a notice). Deferring them (``defer_appends``) writes all of a
+        order, its invoice, a notice). A deferring change set writes all of a
         transaction's rows of a table in one statement at :meth:`flush`; a key taken then
         fails the flush, not the call."""
-        if self.defer_appends:
+        if self.deferring:
             self._appended.setdefault(table, []).extend(rows)
         else:
             await self.insert(table, rows)
 
+    def before_flush(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Run ``write`` at :meth:`flush`, before the appended rows are written."""
+        self._before_flush.append(write)
+
     async def flush(self) -> None:
-        """Write the deferred appends, table by table in the order first appended."""
+        """Run the writes handed to :meth:`before_flush`, then write the deferred appends,
+        table by table in the order first appended."""
+        writes, self._before_flush = self._before_flush, []
+        for write in writes:
+            await write()
         appended, self._appended = self._appended, {}
         for table, rows in appended.items():
             await self.insert(table, rows)

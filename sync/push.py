@@ -137,7 +137,7 @@ class Pusher:
             device = await _lock_device(conn, self.db, principal, client_id)
             epoch, mark = device.epoch, device.last_mutation_id
             stored = await _stored(conn, principal, client_id, epoch, [m.id for m in group if m.id <= mark])
-            changes = ChangeSet(self.db, conn, self.registry, principal.tenant_id, defer_appends=not careful)
+            changes = ChangeSet(self.db, conn, self.registry, principal.tenant_id, deferring=not careful)
             results, ledger = [], []
             for m in group:
                 if m.id <= mark:  # a replay: the first application's result, or a refusal

@@ -2,9 +2,9 @@
 refusal in the middle undoes its own writes only and is recorded; the log stays gapless;
 concurrent pushes over the same stock lose no update and show no deadlock; a push longer
 than a group commits group by group and replays exactly once. And the two passes: a group
-nothing refuses takes no savepoint and writes each appended table once; a refusal, or an
-id made twice, has its group applied again a savepoint per mutation, with the results the
-careful pass alone would give."""
+nothing refuses takes no savepoint, writes each appended table once and its counters
+twice; a refusal, or an id made twice, has its group applied again a savepoint per
+mutation, with the results the careful pass alone would give."""
 
 from __future__ import annotations
 
@@ -165,17 +165,23 @@ def redone() -> float:
 async def test_a_group_nothing_refuses_takes_no_savepoint_and_appends_once_per_table(services, client):
     w = await seed(services)
     device = HttpSync(client, token(services, w.sales1, "salesperson"), "dev-1")
+    await device.push([device.mutation("order.create", order(1, (1, 1)))])  # the counters exist now
     pushed = [device.mutation("order.create", order(1 + n % 4, (1 + n % 3, 1))) for n in range(6)]
     before = redone()
     with statements(services) as seen:
         results = await device.push(pushed)
     assert [r["status"] for r in results] == ["applied"] * 6
+    assert [r["result"]["number"] for r in results] == [f"SO-{n:06d}" for n in range(2, 8)]
     assert not [s for s in seen if "SAVEPOINT" in s]
     for table in ("orders", "invoices", "notices", "mutation_ledger"):
         assert inserts_into(seen, table) == 1, table  # six rows each, one statement
+    # numbers: the counters bumped (and locked) by the first order, stored once at the end
+    assert sum(s.startswith("UPDATE COUNTERS") for s in seen) == 2
     assert redone() == before
-    assert await scalar(services, sa.select(sa.func.count()).select_from(orders)) == 6
-    assert await scalar(services, sa.select(sa.func.count()).select_from(invoices)) == 6
+    assert await scalar(services, sa.select(sa.func.count()).select_from(orders)) == 7
+    assert await scalar(services, sa.select(sa.func.count()).select_from(invoices)) == 7
+    assert await scalar(services, sa.select(counters.c.value).where(counters.c.name == "order")) == 7
+    assert await scalar(services, sa.select(counters.c.value).where(counters.c.name == "invoice")) == 7
 
 
 async def test_a_refusal_has_its_group_applied_again_a_savepoint_per_mutation(services, client):
