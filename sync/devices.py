@@ -54,13 +54,12 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
     if credential is not None and credential.device is not None and credential.device != client_id:
         raise AuthError(ErrorCode.FORBIDDEN, f"this token is bound to device {credential.device}, not {client_id}")
     async with db.peek() as conn:
-        row = (await conn.execute(
-            sa.select(devices.c.user_id, devices.c.last_seen, devices.c.revoked_at, devices.c.enrolled_at,
-                      devices.c.token_hash, devices.c.app_version, devices.c.retired_at)
-            .where(devices.c.tenant_id == principal.tenant_id, devices.c.client_id == client_id)
-        )).first()
-        if credential is not None:
+        row = (await conn.execute(_LOOKUP, {"tenant": principal.tenant_id, "client": client_id,
+                                            "token_hash": credential.token_hash if credential else ""})).first()
+        if credential is not None and row is None:  # a new device: the token's check on its own
             await _check_token(conn, credential)
+    if row is not None and row.revoked_on is not None:
+        raise _token_revoked(row.revoked_on)
     if row is not None:
         if row.revoked_at is not None:
             raise RevokedError(f"device {client_id} was revoked; re-enrol it to sync again")
@@ -78,11 +77,25 @@ async def touch(db: Database, principal: Principal, client_id: str, *, credentia
         return await _register(db, conn, principal, client_id, credential, app)
 
 
+# The device, and whether the request's token was last used by a revoked device: what
+# every pull and push asks, in one statement built once.
+_LOOKUP = sa.select(
+    devices.c.user_id, devices.c.last_seen, devices.c.revoked_at, devices.c.enrolled_at, devices.c.token_hash,
+    devices.c.app_version, devices.c.retired_at,
+    sa.select(revoked_tokens.c.client_id).where(revoked_tokens.c.token_hash == sa.bindparam("token_hash"))
+    .scalar_subquery().label("revoked_on"),
+).where(devices.c.tenant_id == sa.bindparam("tenant"), devices.c.client_id == sa.bindparam("client"))
+
+
 async def _check_token(conn: AsyncConnection, credential: Credential) -> None:
     revoked_on = await conn.scalar(sa.select(revoked_tokens.c.client_id).where(
         revoked_tokens.c.token_hash == credential.token_hash))
     if revoked_on is not None:
-        raise RevokedError(f"this token was last used by device {revoked_on}, which was revoked; sign in again")
+        raise _token_revoked(revoked_on)
+
+
+def _token_revoked(client_id: str) -> RevokedError:
+    return RevokedError(f"this token was last used by device {client_id}, which was revoked; sign in again")
 
 
 async def _check_room(db: Database, conn: AsyncConnection, principal: Principal, max_devices: int) -> None:

@@ -144,9 +144,10 @@ async def test_a_device_moves_only_to_an_active_user_of_the_tenant(client, servi
 async def test_a_revoked_devices_token_is_refused_with_any_client_id(client, services, world):
     lost, spare = token(services, world.sales1, "salesperson"), token(services, world.sales1, "salesperson", ttl=3600)
     assert (await pull(client, lost, "lost-phone")).status_code == 200
+    assert (await pull(client, spare, "old-tablet")).status_code == 200  # a device of theirs, not revoked
     assert (await admin(client, services, world, "/admin/devices/lost-phone/revoke")).status_code == 200
 
-    for client_id in ("lost-phone", "brand-new-phone"):
+    for client_id in ("lost-phone", "brand-new-phone", "old-tablet"):
         assert_error(await pull(client, lost, client_id), 403, "REVOKED")
         assert_error(await push(client, lost, client_id, [payment(1, customer_id=1)]), 403, "REVOKED")
     # the user's other token (another device of theirs) still syncs
