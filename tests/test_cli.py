@@ -166,7 +166,9 @@ def test_an_unusable_database_is_one_line_not_a_traceback(env, command, url, wor
     result = run({**env, "FIELDSYNC_DATABASE_URL": url}, command)
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    [line] = [ln for ln in result.stderr.splitlines() if not ln.startswith("{")]  # JSON lines are logs
+    said = [ln for ln in result.stderr.splitlines() if ln.strip() and not ln.startswith("{")]  # JSON lines are logs
+    assert len(said) == 1, result.stderr[-3000:]
+    [line] = said
     assert line.startswith(f"fieldsync {command}: cannot use the database ")
     assert all(word in line for word in words), line
     assert "FIELDSYNC_DATABASE_URL" in line
