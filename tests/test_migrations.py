@@ -139,6 +139,21 @@ async def test_a_database_of_the_unsplit_chain_is_stamped_and_keeps_its_rows(db)
             await conn.execute(sa.insert(orders), [old[orders][0]])
 
 
+async def test_an_upgrade_from_the_first_revision_keeps_the_devices(db):
+    """fieldsync_0002 adds the stale-device columns to a database that has devices."""
+    await _at_the_squashes(db)
+    async with db.write() as conn:
+        await conn.execute(sa.text(
+            "INSERT INTO devices (tenant_id, client_id, user_id, last_mutation_id, first_seen, last_seen, epoch) "
+            "VALUES (1, 'phone', 11, 7, 1, 2, 0)"))
+    await upgrade(db)
+    async with db.read() as conn:
+        row = (await conn.execute(sa.text(
+            "SELECT client_id, last_mutation_id, retired_at, forgot_through FROM devices"))).one()
+    assert tuple(row) == ("phone", 7, None, 0)
+    assert not await pending(db)
+
+
 async def test_an_older_revision_of_the_unsplit_chain_is_refused_with_what_to_do(db):
     await upgrade(db)
     await _make_unsplit(db, "0004")
