@@ -120,6 +120,13 @@ class ChangeSet:
         ``[(row as read, new values), ...]``; saves re-reading them."""
         await self._apply_updates(self._synced(table), [(dict(before), dict(values)) for before, values in pairs])
 
+    async def locked_rows(self, table: sa.Table, keys: Iterable[Any]) -> dict[Any, dict[str, Any]]:
+        """The rows of these keys, by key, locked until commit (PostgreSQL) in key order:
+        what a write that reads before it decides (an order's status move) starts from."""
+        synced = self._synced(table)
+        found = await self._old_rows(synced, sorted(set(keys)))
+        return {row[synced.key]: row for row in found.values()}
+
     async def delete(self, table: sa.Table, keys: Iterable[Any]) -> int:
         """Delete rows by key; returns how many there were."""
         key_col = table.c[self._synced(table).key]
@@ -159,8 +166,8 @@ class ChangeSet:
         table = synced.table
         found: dict[str, dict[str, Any]] = {}
         for chunk in _chunks(keys, _CHUNK):
-            query = self.db.locking(
-                sa.select(table).where(tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk)))
+            query = self.db.locking(sa.select(table).where(
+                tenant_clause(table, self.tenant_id), table.c[synced.key].in_(chunk)).order_by(table.c[synced.key]))
             for row in (await self.conn.execute(query)).mappings():
                 found[_k(row[synced.key])] = dict(row)
         return found

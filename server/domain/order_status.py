@@ -40,7 +40,7 @@ def check_status(row: dict[str, Any]) -> str | None:
 async def write_statuses(changes: ChangeSet, rows: list[dict[str, Any]], where: Callable[[int], str]) -> None:
     """Move the batch's orders to their new statuses, rows in order (one order may move
     twice in a batch: shipped, then delivered), and settle what each move releases."""
-    found = await _locked(changes, orders, [row["id"] for row in rows])
+    found = await changes.locked_rows(orders, [row["id"] for row in rows])
     now = {order_id: order["status"] for order_id, order in found.items()}  # as the batch goes
     moves: list[tuple[dict[str, Any], str]] = []
     for index, row in enumerate(rows):
@@ -72,7 +72,7 @@ async def _settle(changes: ChangeSet, moves: list[tuple[dict[str, Any], str]]) -
         if status == "cancelled":
             refunds[order["customer_id"]] = refunds.get(order["customer_id"], 0) + order["total"]
     # Customers, then stock rows by product: the order.create handler's lock order.
-    buyers = await _locked(changes, customers, sorted(refunds))
+    buyers = await changes.locked_rows(customers, refunds)
     levels = await _stock_rows(changes, set(shipped) | set(released))
     await changes.update_rows(customers, [(buyers[c], {"balance": buyers[c]["balance"] - refunds[c]})
                                           for c in sorted(refunds) if c in buyers])
@@ -81,14 +81,6 @@ async def _settle(changes: ChangeSet, moves: list[tuple[dict[str, Any], str]]) -
         (level, {"on_hand": level["on_hand"] - shipped.get(place, 0),
                  "reserved": max(0, level["reserved"] - shipped.get(place, 0) - released.get(place, 0))})
         for place, level in sorted(levels.items())])
-
-
-async def _locked(changes: ChangeSet, table: sa.Table, ids: list[Any]) -> dict[Any, dict[str, Any]]:
-    if not ids:
-        return {}
-    query = changes.db.locking(sa.select(table).where(
-        table.c.tenant_id == changes.tenant_id, table.c.id.in_(sorted(set(ids)))).order_by(table.c.id))
-    return {row["id"]: dict(row) for row in (await changes.conn.execute(query)).mappings()}
 
 
 async def _stock_rows(changes: ChangeSet, places: set[tuple[int, int]]) -> dict[tuple[int, int], dict[str, Any]]:
