@@ -90,20 +90,21 @@ async def next_numbers(ctx: MutationContext, *series: tuple[str, str]) -> list[s
     last number given is written when the transaction flushes: one statement for a
     group's hundred orders instead of a hundred."""
     names = [name for name, _ in series]
-    if not ctx.changes.deferring:
+    changes = ctx.changes
+    if not changes.deferring:
         values = await _bump(ctx, names)
-    else:
-        counted: dict[str, list[int]] = ctx.changes.held.setdefault("counters", {})  # name -> [stored, given]
-        if not counted:
-            changes = ctx.changes
-            changes.before_flush(lambda: _store_counted(changes, counted))
-        values = {name: given + 1 for name, (_, given) in counted.items() if name in names}
-        fresh = await _bump(ctx, [name for name in names if name not in counted])
-        counted.update({name: [value, value] for name, value in fresh.items()})
-        for name, value in values.items():
-            counted[name][1] = value
-        values.update(fresh)
-    return [f"{prefix}-{values[name]:06d}" for name, prefix in series]
+        return [f"{prefix}-{values[name]:06d}" for name, prefix in series]
+    if "counters" not in changes.held:
+        changes.held["counters"] = {}
+        changes.before_flush(lambda: _store_counted(changes, changes.held["counters"]))
+    counted: dict[str, list[int]] = changes.held["counters"]  # name -> [stored, last given]
+    fresh = await _bump(ctx, [name for name in names if name not in counted])
+    for name in names:
+        if name in fresh:
+            counted[name] = [fresh[name], fresh[name]]
+        else:
+            counted[name][1] += 1
+    return [f"{prefix}-{counted[name][1]:06d}" for name, prefix in series]
 
 
 async def _bump(ctx: MutationContext, names: list[str]) -> dict[str, int]:
