@@ -1,6 +1,7 @@
 """fieldsync's own tasks, registered on the runner's Huey instance: change-log compaction,
-hot snapshot pages, the sweep of lost work, the retirement of stale devices; and the signals that count and record every
-task's runs, the domain's too (the domain registers its own tasks: ``JobPlugin.define``).
+hot snapshot pages, the sweep of lost work, the retirement of stale devices; and the
+signals that count and record every task's runs, the domain's too (the domain registers
+its own tasks: ``JobPlugin.define``).
 
 Thin by design: a task takes ids, runs its async core in :meth:`Jobs.run` (own loop, own
 Database) and is safe to run twice. Failures retry with exponential backoff; a task out

@@ -104,7 +104,8 @@ async def device_health(db: Database, tenant_id: int, *, behind: float | None = 
     people = await directory.users(db, tenant_id, sorted({r.user_id for r in rows})) if directory and rows else {}
     found = [_health(row, head, now, people.get(row.user_id)) for row in rows]
     if behind is not None:
-        found = [d for d in found if not d.revoked and d.retired_at is None and d.behind_seconds is not None and d.behind_seconds >= behind]
+        found = [d for d in found if not d.revoked and d.retired_at is None
+                 and d.behind_seconds is not None and d.behind_seconds >= behind]
     found.sort(key=lambda d: (d.behind_seconds is None, -(d.behind_seconds or 0), -(d.behind_positions or 0),
                               d.last_seen, d.client_id))
     return head, found
